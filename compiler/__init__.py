@@ -1,0 +1,1 @@
+"""Pure compilation: config -> typed specs -> DAG -> keys -> plan. Never imports torch."""

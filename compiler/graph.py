@@ -1,0 +1,157 @@
+"""Build the stage DAG: explicit stages plus implicit nodes (the base model, tokenization).
+
+Each graph node carries a `Node`; edges point from producer to consumer and carry the role.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from compiler.errors import CompileError, Issue, did_you_mean
+from compiler.schema import PipelineSpec
+from stages import KINDS
+
+BASE = "base"
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str
+    config: Any  # the kind's Config dataclass instance
+    path: str  # where it is configured, for messages ("stages.sft", "model")
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> producer node name
+    implicit: bool = False
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> entry, abs path
+    forwarded: tuple[str, ...] = ()  # config fields consumed by implicit nodes (not keyed here)
+    local_paths: dict[str, str] = field(default_factory=dict)  # path field -> absolute path
+    key: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)  # what the key hashes
+
+    @property
+    def stage(self) -> Any:
+        return KINDS[self.kind]
+
+
+def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.DiGraph:
+    """The DAG for `spec`; raises one CompileError listing every problem found (with `issues`)."""
+    nodes: dict[str, Node] = {}
+    if BASE not in spec.stages and spec.model is not None:
+        nodes[BASE] = Node(BASE, "base", spec.model, "model", implicit=True)
+    for decl in spec.stages.values():
+        if decl.config is not None:
+            nodes[decl.name] = Node(decl.name, decl.kind, decl.config, f"stages.{decl.name}")
+    for decl in spec.stages.values():
+        if decl.config is not None:
+            _wire(nodes[decl.name], decl.inputs, nodes, issues)
+    for node in list(nodes.values()):
+        _resolve_datasets(node, spec, base_dir, issues)
+        _resolve_local_paths(node, base_dir)
+    graph = nx.DiGraph()
+    for node in nodes.values():
+        graph.add_node(node.name, node=node)
+    for node in nodes.values():
+        for role, src in node.inputs.items():
+            if src in nodes:
+                graph.add_edge(src, node.name, role=role)
+    try:
+        cycle = nx.find_cycle(graph)
+        names = [u for u, _ in cycle] + [cycle[0][0]]
+        issues.append(Issue("stages", "cycle: " + " -> ".join(names), "break one of the links"))
+    except nx.NetworkXNoCycle:
+        pass
+    if issues:
+        raise CompileError(issues)
+    return graph
+
+
+def _wire(node: Node, refs: dict[str, str | None], nodes: dict[str, Node], issues: list) -> None:
+    """Resolve each input role of `node` to a producer: named, implicit, or the default."""
+    for role, want in node.stage.inputs.items():
+        ref = refs.get(role)
+        if ref is None and want.implicit:
+            ref = _implicit(node, role, nodes)
+        elif ref is None:
+            ref = want.default
+        if ref is None:
+            if not want.optional:
+                issues.append(Issue(f"{node.path}.{role}", "missing input", "name a stage"))
+            continue
+        if ref not in nodes:
+            choices = [n for n in nodes if n != node.name]
+            hint = did_you_mean(ref, choices) or f"stages: {', '.join(sorted(choices))}"
+            issues.append(Issue(f"{node.path}.{role}", f"no stage named '{ref}'", hint))
+            continue
+        produced = nodes[ref].stage.output
+        if produced != want.type:
+            msg = f"'{ref}' produces a {produced} artifact, but {role} needs a {want.type}"
+            issues.append(Issue(f"{node.path}.{role}", msg))
+            continue
+        node.inputs[role] = ref
+
+
+def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
+    """Create (or reuse an identical) implicit node configured from the consumer's fields."""
+    want = consumer.stage.inputs[role]
+    kind = KINDS[want.implicit]
+    values = {f: getattr(consumer.config, f) for f in want.forwards}
+    node = Node("", kind.kind, kind.Config(**values), consumer.path, implicit=True)
+    consumer.forwarded += want.forwards
+    for r in kind.inputs:  # an implicit node shares the consumer's same-named inputs
+        node.inputs[r] = consumer.inputs.get(r) or kind.inputs[r].default or ""
+    label = values.get("dataset", consumer.name)
+    for name in (f"{kind.kind}:{label}", f"{kind.kind}:{label}:{consumer.name}"):
+        other = nodes.get(name)
+        if other is None:
+            node.name = name
+            nodes[name] = node
+            return name
+        if other.implicit and other.config == node.config and other.inputs == node.inputs:
+            return name
+    raise AssertionError("unreachable: the consumer-qualified name is unique")
+
+
+def _resolve_datasets(node: Node, spec: PipelineSpec, base_dir: Path, issues: list) -> None:
+    for f in node.stage.dataset_fields:
+        name = getattr(node.config, f)
+        if name not in spec.datasets:
+            hint = did_you_mean(name, spec.datasets) or f"known: {', '.join(sorted(spec.datasets))}"
+            issues.append(Issue(f"{node.path}.{f}", f"no dataset named '{name}'", hint))
+            continue
+        entry = dataclasses.asdict(spec.datasets[name])
+        path = resolve_path(entry["path"], base_dir)
+        if not path.exists():
+            issues.append(Issue(f"datasets.{name}.path", f"file not found: {path}"))
+            continue
+        node.datasets[f] = {**entry, "name": name, "path": str(path)}
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    """A config path: `pkg://package/rel/path` inside an installed package, else relative to
+    the directory the command runs in."""
+    if value.startswith("pkg://"):
+        import importlib.util
+
+        package, _, rest = value[len("pkg://") :].partition("/")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            return Path(value)
+        return Path(list(found.submodule_search_locations)[0]) / rest
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _resolve_local_paths(node: Node, base_dir: Path) -> None:
+    """A path field naming an existing file or directory becomes absolute (and is keyed by its
+    content); other values (a hub id) are left as they are, as Hugging Face's loaders do."""
+    for f in node.stage.path_fields:
+        value = getattr(node.config, f)
+        path = resolve_path(value, base_dir) if isinstance(value, str) else None
+        if path is not None and path.exists():
+            node.local_paths[f] = str(path.resolve())
+            node.config = dataclasses.replace(node.config, **{f: str(path.resolve())})

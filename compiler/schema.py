@@ -1,0 +1,181 @@
+"""Validate the composed config into typed specs, reporting every problem at once.
+
+Every key is checked against a dataclass: the root schema below, a stage kind's `Config`, the
+dataset spec. Unknown keys name their full key path and the nearest valid key; wrong types name
+the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from compiler.errors import Issue, did_you_mean
+from stages import KINDS
+from stages.data.spec import DatasetSpec
+
+LAUNCHERS = ("inprocess",)  # torchrun and deepspeed come with the distributed issue
+
+
+@dataclass
+class LauncherConfig:
+    name: str = field(default="inprocess", metadata={"choices": LAUNCHERS})
+    nproc_per_node: int = 1
+
+
+@dataclass
+class StageDecl:
+    name: str
+    kind: str
+    inputs: dict[str, str | None]  # role -> node name the user referenced (None: default)
+    config: Any  # an instance of the kind's Config dataclass
+
+
+@dataclass
+class PipelineSpec:
+    store: str
+    cache_version: str
+    model: Any  # stages.base_model.BaseConfig: the implicit `base` node
+    launcher: LauncherConfig
+    datasets: dict[str, DatasetSpec]
+    stages: dict[str, StageDecl]
+
+
+ROOT_KEYS = ("store", "cache_version", "model", "launcher", "datasets", "stages")
+
+
+def validate(raw: Mapping[str, Any], issues: list[Issue]) -> PipelineSpec:
+    """Turn a plain dict (the composed Hydra config, resolved) into a PipelineSpec; problems are
+    appended to `issues` (the graph check adds its own before anything is raised)."""
+    for k in raw:
+        if k not in ROOT_KEYS:
+            issues.append(Issue(str(k), "unknown key", did_you_mean(str(k), ROOT_KEYS)))
+    store = _scalar(raw, "store", str, ".pipelines", issues)
+    cache_version = str(raw.get("cache_version") or "")
+    model = build(KINDS["base"].Config, raw.get("model") or {}, "model", issues)
+    launcher = build(LauncherConfig, raw.get("launcher") or {}, "launcher", issues)
+    datasets = {
+        str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues)
+        for n, d in _mapping(raw, "datasets", issues).items()
+    }
+    stages = {
+        str(n): _stage(str(n), d, issues) for n, d in _mapping(raw, "stages", issues).items()
+    }
+    if not stages and not issues:
+        issues.append(Issue("stages", "no stages to run", "choose a pipeline, e.g. +pipeline=sft"))
+    return PipelineSpec(store, cache_version, model, launcher, datasets, stages)  # type: ignore[arg-type]
+
+
+def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:
+    path = f"stages.{name}"
+    if not isinstance(raw, Mapping):
+        issues.append(Issue(path, f"expected a mapping, got {type(raw).__name__}"))
+        return StageDecl(name, "?", {}, None)
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        msg = "missing 'kind'" if kind is None else f"unknown kind '{kind}'"
+        hint = did_you_mean(str(kind), KINDS) or f"one of: {', '.join(sorted(KINDS))}"
+        issues.append(Issue(f"{path}.kind", msg, hint))
+        return StageDecl(name, str(kind), {}, None)
+    stage = KINDS[kind]
+    inputs: dict[str, str | None] = {}
+    for role in stage.inputs:
+        ref = raw.get(role)
+        if ref is not None and not isinstance(ref, str):
+            issues.append(Issue(f"{path}.{role}", "expected a stage name (string)"))
+            ref = None
+        inputs[role] = ref
+    body = {k: v for k, v in raw.items() if k != "kind" and k not in stage.inputs}
+    config = build(stage.Config, body, path, issues, extra=("kind", *stage.inputs))
+    return StageDecl(name, kind, inputs, config)
+
+
+def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()) -> Any:
+    """Instantiate dataclass `cls` from `raw`, appending an Issue for each bad key or value."""
+    if not isinstance(raw, Mapping):
+        issues.append(Issue(path, f"expected a mapping, got {type(raw).__name__}"))
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key not in fields:
+            hint = did_you_mean(key, [*fields, *extra])
+            issues.append(Issue(f"{path}.{key}", "unknown key", hint))
+            continue
+        ok, converted = conform(value, hints[key])
+        choices = fields[key].metadata.get("choices")
+        if not ok:
+            issues.append(Issue(f"{path}.{key}", f"expected {_tname(hints[key])}, got {value!r}"))
+        elif choices and converted not in choices:
+            hint = did_you_mean(str(converted), choices) or f"one of: {', '.join(choices)}"
+            issues.append(Issue(f"{path}.{key}", f"invalid value {converted!r}", hint))
+        else:
+            values[key] = converted
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in raw:
+            issues.append(Issue(f"{path}.{name}", "missing required key"))
+    try:
+        return cls(**values)
+    except TypeError:
+        return None
+
+
+def conform(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check `value` against annotation `tp`; ints are accepted (and converted) for floats."""
+    if tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            ok, v = conform(value, arm)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (arm, *_) = typing.get_args(tp) or (Any,)
+        out = [conform(v, arm) for v in value]
+        return all(ok for ok, _ in out), [v for _, v in out]
+    if origin is dict or tp is dict:
+        return isinstance(value, Mapping), dict(value) if isinstance(value, Mapping) else value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp in (str, bool):
+        return isinstance(value, tp), value
+    return isinstance(value, tp), value
+
+
+def _tname(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_tname(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _mapping(raw: Mapping[str, Any], key: str, issues: list[Issue]) -> Mapping[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, Mapping):
+        issues.append(Issue(key, f"expected a mapping, got {type(value).__name__}"))
+        return {}
+    return value
+
+
+def _scalar(raw: Mapping[str, Any], key: str, tp: type, default: Any, issues: list[Issue]) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, tp):
+        issues.append(Issue(key, f"expected {tp.__name__}, got {value!r}"))
+        return default
+    return value

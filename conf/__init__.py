@@ -1,0 +1,1 @@
+"""Hydra's config tree (a package so that it installs beside the code)."""

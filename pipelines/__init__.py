@@ -1,0 +1,1 @@
+"""The command line: `python -m pipelines run|plan|show|ls|gc ...`."""

@@ -1,0 +1,54 @@
+"""Entry point. The verb is stripped before Hydra sees the arguments (it would parse it as an
+override); user mistakes end in one message and exit code 2, without a traceback unless
+`PIPELINES_TRACEBACK=1`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: python -m pipelines <verb> [args]
+
+  run  [overrides]      compile the pipeline and run what is not cached (-m: a sweep)
+  plan [overrides]      print the DAG and, per stage, cached / resume / run, and why
+  show <stage|key>      one artifact's manifest, metrics and lineage
+  ls                    the artifacts in the store
+  gc [--yes]            remove artifacts no run record references (dry run without --yes)
+
+examples:
+  python -m pipelines run +pipeline=sft
+  python -m pipelines plan +pipeline=sft stages.sft.learning_rate=2e-4
+  python -m pipelines run -m +pipeline=sft stages.sft.learning_rate=1e-4,2e-4"""
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb in ("run", "plan"):
+        from pipelines.app import run_hydra
+
+        return run_hydra(verb, rest)
+    if verb in ("show", "ls", "gc"):
+        from pipelines.inspect import inspect_main
+
+        return inspect_main(verb, rest)
+    print(f"pipelines: unknown verb '{verb}'\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def entry() -> None:
+    """The `pipelines` console script and `python -m pipelines`."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        sys.stdout.flush()
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,114 @@
+"""The Hydra app behind `run` and `plan`: compose once, compile, then plan or execute."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from compiler.errors import CompileError, Issue, did_you_mean
+from compiler.schema import ROOT_KEYS
+from stages import KINDS
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_state: dict[str, Any] = {"verb": "run", "exit": 0}
+
+
+def register_stage_defaults() -> None:
+    """`stage/<kind>` in Hydra's ConfigStore: each kind's dataclass defaults, so a pipeline file
+    pulls them with `- /stage@stages.<name>: <kind>` and overrides only what it changes."""
+    cs = ConfigStore.instance()
+    for kind, stage in KINDS.items():
+        defaults = {f.name: _default(f) for f in dataclasses.fields(stage.Config)}
+        roles = {role: None for role in stage.inputs}  # so `stages.x.model=sft` overrides work
+        cs.store(group="stage", name=kind, node={"kind": kind, **roles, **defaults})
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else "???"
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _task(cfg: DictConfig) -> None:
+    from pipelines.commands import plan_command, run_command
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    command = plan_command if _state["verb"] == "plan" else run_command
+    try:
+        code = command(raw, base_dir=Path.cwd(), overrides=_task_overrides())
+    except CompileError as e:  # reported here, not raised: Hydra would print its own preamble
+        code = _report(e.render(), e)
+    _state["exit"] = max(_state["exit"], code)
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def run_hydra(verb: str, args: list[str]) -> int:
+    """Run the Hydra app for `verb`; returns the process exit code."""
+    register_stage_defaults()
+    _state.update(verb=verb, exit=0)
+    if verb == "plan":  # plan writes nothing: no Hydra output dir
+        args = [*args, "hydra.output_subdir=null", "hydra.run.dir=."]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them ourselves
+    sys.argv = [f"pipelines {verb}", *args]
+    try:
+        _task()
+    except Exception as e:  # Hydra's and OmegaConf's own config errors
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if not isinstance(e, (HydraException, OmegaConfBaseException)):
+            raise
+        return _report(hydra_message(e), e)
+    return int(_state["exit"])
+
+
+def _report(message: str, error: BaseException) -> int:
+    if os.environ.get("PIPELINES_TRACEBACK"):
+        traceback.print_exception(error)
+    print(message, file=sys.stderr)
+    return 2
+
+
+def hydra_message(e: BaseException) -> str:
+    """Hydra's message, first lines only, plus a did-you-mean for a mistyped override key."""
+    text = str(e).strip()
+    cause = e.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text += "\n" + str(cause).strip()
+    text = text.split("Config search path")[0]  # Hydra's search path listing is noise here
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
+    issue = None
+    if m:
+        path = m.group(1)
+        hint = did_you_mean(path.rsplit(".", 1)[-1], known_keys())
+        issue = Issue(path, "unknown key" if "not in struct" in text else lines[0], hint)
+    if issue:
+        return CompileError([issue]).render()
+    return "config error:\n  " + "\n  ".join(lines[:6])
+
+
+def known_keys() -> set[str]:
+    keys = set(ROOT_KEYS)
+    for stage in KINDS.values():
+        keys |= {f.name for f in dataclasses.fields(stage.Config)} | set(stage.inputs) | {"kind"}
+    return keys

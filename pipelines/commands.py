@@ -1,0 +1,85 @@
+"""`plan` and `run` on a composed config. Neither imports torch unless a stage must run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from compiler.compile import Compiled, compile_pipeline
+from compiler.digests import DigestCache
+from compiler.plan import plan
+from pipelines.summary import plan_lines, summary_table
+from runtime.store import Store, new_run_id
+
+
+def _compile(raw: dict[str, Any], base_dir: Path) -> tuple[Compiled, Store]:
+    store_dir = Path(str(raw.get("store") or ".pipelines"))
+    store = Store(store_dir if store_dir.is_absolute() else base_dir / store_dir)
+    digests = DigestCache(store.root / "cache" / "digests.json")
+    compiled = compile_pipeline(raw, base_dir, digests)
+    if store.root.exists():  # never create the store just to remember digests
+        digests.save()
+    return compiled, store
+
+
+def plan_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
+    compiled, store = _compile(raw, base_dir)
+    steps = plan(compiled.graph, store)
+    print("\n".join(plan_lines(steps, compiled.graph)))
+    return 0
+
+
+def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
+    compiled, store = _compile(raw, base_dir)
+    from runtime.executor import FAILED, execute
+    from runtime.launchers import make_launcher
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    record = {
+        "id": new_run_id(),
+        "command": resume_command(overrides),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "status": "running",
+        "config": raw,
+    }
+    store.write_run(record)
+    t0 = time.time()
+    outcomes = execute(compiled, store, make_launcher(compiled.spec.launcher), record)
+    failed = [o for o in outcomes if o.status == FAILED]
+    record.update(status="failed" if failed else "ok", wall_s=round(time.time() - t0, 3))
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path = store.write_run(record)
+    _copy_to_hydra_dir(path)
+    print(summary_table(outcomes))
+    print(f"run record: {path}")
+    if failed:
+        for o in failed:
+            print(f"{o.name} failed: {o.error}", file=sys.stderr)
+        skipped = [o.name for o in outcomes if o.status == "skipped"]
+        if skipped:
+            print(f"skipped because of the failure: {', '.join(skipped)}", file=sys.stderr)
+        print(f"to resume: {record['command']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def resume_command(overrides: list[str]) -> str:
+    """The exact command that reruns this job (and resumes from its checkpoints)."""
+    args = [a for a in overrides if not a.startswith("hydra.")]
+    return " ".join(["python -m pipelines run", *(shlex.quote(a) for a in args)])
+
+
+def _copy_to_hydra_dir(record_path: Path) -> None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        return
+    if out.resolve() != Path(os.getcwd()).resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_bytes(record_path.read_bytes())

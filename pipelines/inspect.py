@@ -1,0 +1,110 @@
+"""`show`, `ls` and `gc`: read (and prune) the store without composing a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from compiler.plan import fmt
+from pipelines.summary import KEY_CHARS, table
+from runtime.store import Store
+
+
+def inspect_main(verb: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"pipelines {verb}")
+    parser.add_argument("--store", default=os.environ.get("PIPELINES_STORE", ".pipelines"))
+    if verb == "show":
+        parser.add_argument("target", help="a stage name or an artifact key (prefix)")
+    if verb == "gc":
+        parser.add_argument("--yes", action="store_true", help="delete (default: dry run)")
+    args = parser.parse_args(argv)
+    store = Store(Path(args.store))
+    if not store.root.is_dir():
+        print(f"pipelines {verb}: no store at {store.root} (set --store or PIPELINES_STORE)", file=sys.stderr)
+        return 2
+    return {"show": show, "ls": ls, "gc": gc}[verb](store, args)
+
+
+def find_key(store: Store, target: str) -> str | None:
+    """A stage name (its last artifact) or a unique key prefix."""
+    named = store.manifest_for_name(target)
+    if named is not None:
+        return str(named["key"])
+    keys = [m["key"] for _, m in store.artifacts() if m["key"].startswith(target)]
+    return keys[0] if len(keys) == 1 else None
+
+
+def show(store: Store, args: argparse.Namespace) -> int:
+    key = find_key(store, args.target)
+    manifest = store.manifest(key) if key else None
+    if manifest is None:
+        print(f"pipelines show: no artifact for '{args.target}' in {store.root}", file=sys.stderr)
+        return 2
+    print(f"{manifest['name']}  ({manifest['kind']})  key {manifest['key']}")
+    print(f"path     {store.find(manifest['key'])}")
+    print(f"created  {manifest.get('created')}  wall {manifest.get('wall_s')}s  run {manifest.get('run_id')}")
+    if manifest.get("resumed_from") is not None:
+        print(f"resumed from checkpoint {manifest['resumed_from']}")
+    print("metrics  " + ", ".join(f"{k}={fmt(v)}" for k, v in manifest.get("metrics", {}).items()))
+    print("config   " + json.dumps(manifest.get("config", {}), sort_keys=True))
+    print("lineage")
+    for line in lineage(store, manifest, depth=1):
+        print(line)
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"files    {len(manifest['files'])} files, {size / 1e6:.2f} MB")
+    return 0
+
+
+def lineage(store: Store, manifest: dict[str, Any], depth: int) -> list[str]:
+    out = []
+    for role, ref in sorted(manifest.get("inputs", {}).items()):
+        out.append(f"{'  ' * depth}{role}: {ref['name']} {ref['key'][:KEY_CHARS]}")
+        upstream = store.manifest(ref["key"])
+        if upstream is not None:
+            out += lineage(store, upstream, depth + 1)
+        else:
+            out.append(f"{'  ' * (depth + 1)}(not in the store)")
+    return out
+
+
+def ls(store: Store, args: argparse.Namespace) -> int:
+    rows = []
+    for _, m in store.artifacts():
+        size = sum(f["size"] for f in m["files"].values()) / 1e6
+        rows.append([m["kind"], m["key"][:KEY_CHARS], m.get("name", ""), m.get("created", ""), f"{size:.2f} MB"])
+    print(table(["kind", "key", "name", "created", "size"], rows) if rows else "(no artifacts)")
+    return 0
+
+
+def referenced_keys(store: Store) -> set[str]:
+    """Keys named by any run record, and everything they were made from."""
+    todo = [s["key"] for r in store.runs() for s in r.get("stages", {}).values() if s.get("key")]
+    seen: set[str] = set()
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        manifest = store.manifest(key) or {}
+        todo += [ref["key"] for ref in manifest.get("inputs", {}).values()]
+    return seen
+
+
+def gc(store: Store, args: argparse.Namespace) -> int:
+    keep = referenced_keys(store)
+    doomed = [(p, m) for p, m in store.artifacts() if m["key"] not in keep]
+    for path, m in doomed:
+        verb = "removing" if args.yes else "would remove"
+        print(f"{verb} {m['kind']} {m['key'][:KEY_CHARS]} ({m.get('name', '')})")
+        if args.yes:
+            shutil.rmtree(path)
+    if not doomed:
+        print("nothing to remove")
+    elif not args.yes:
+        print(f"{len(doomed)} artifacts unreferenced; run `python -m pipelines gc --yes` to remove them")
+    return 0

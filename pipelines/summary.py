@@ -1,0 +1,37 @@
+"""Tables for the terminal: the plan, and the summary printed at the end of a run."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import networkx as nx
+
+from compiler.plan import Step, fmt
+
+KEY_CHARS = 12
+
+
+def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def plan_lines(steps: list[Step], graph: nx.DiGraph) -> list[str]:
+    """`name: status (reason)` per node, with its inputs and key prefix."""
+    out = []
+    for s in steps:
+        ins = ", ".join(f"{r}={src}" for r, src in sorted(s.node.inputs.items()))
+        out.append(f"{s.node.name}: {s.describe()}")
+        out.append(f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}" + (f"  inputs {ins}" if ins else ""))
+    return out
+
+
+def summary_table(outcomes: list[Any]) -> str:
+    rows = []
+    for o in outcomes:
+        value = o.metrics.get(o.headline) if o.headline else None
+        metric = f"{o.headline}={fmt(value)}" if value is not None else ""
+        wall = f"{o.wall_s:.1f}s" if o.status not in ("cached", "skipped") else "-"
+        rows.append([o.name, o.status, o.key[:KEY_CHARS], wall, metric])
+    return table(["stage", "status", "key", "wall", "metric"], rows)

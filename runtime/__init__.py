@@ -1,0 +1,1 @@
+"""Execution: the store, the executor, launchers and the worker that runs one stage."""

@@ -1,0 +1,149 @@
+"""Walk the DAG in topological order: skip what is cached, lock, launch, commit, record.
+
+A failed stage keeps its work dir (checkpoints) for resume; its dependents are skipped and named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler.compile import Compiled
+from compiler.graph import Node
+from compiler.plan import CACHED, RESUME, plan
+from runtime.launchers import Launcher
+from runtime.store import Store
+from runtime.worker import write_spec
+from stages.base import UserError, latest_checkpoint
+
+log = logging.getLogger("pipelines")
+
+RAN, RESUMED, FAILED, SKIPPED = "ran", "resumed", "failed", "skipped"
+
+
+@dataclass
+class Outcome:
+    name: str
+    kind: str
+    key: str
+    status: str  # cached | ran | resumed | failed | skipped
+    wall_s: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    headline: str = ""
+    error: str = ""
+
+
+def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) -> list[Outcome]:
+    """Run every node that is not cached; returns one Outcome per node, in order."""
+    outcomes: dict[str, Outcome] = {}
+    steps = plan(compiled.graph, store)
+    record["stages"] = {}
+    for i, step in enumerate(steps, 1):
+        node = step.node
+        failed_up = [
+            s for s in compiled.graph.predecessors(node.name)
+            if outcomes[s].status in (FAILED, SKIPPED)
+        ]
+        if failed_up:
+            out = Outcome(node.name, node.kind, node.key, SKIPPED, error=f"upstream {failed_up[0]} failed")
+        elif step.status == CACHED:
+            out = _cached(node, store)
+        else:
+            print(f"[{i}/{len(steps)}] {node.name}: {step.describe()}", flush=True)
+            out = _run_locked(node, compiled, store, launcher, record["id"])
+        outcomes[node.name] = out
+        if out.status not in (FAILED, SKIPPED):
+            store.remember_name(node.name, node.key, node.payload)
+        record["stages"][node.name] = _record_entry(out)
+        store.write_run(record)
+    return list(outcomes.values())
+
+
+def _cached(node: Node, store: Store) -> Outcome:
+    manifest = store.manifest(node.key) or {}
+    metrics = manifest.get("metrics", {})
+    return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, node.stage.headline)
+
+
+def _run_locked(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str) -> Outcome:
+    """Take the key's lock; if another process committed it meanwhile, reuse theirs."""
+    def waiting() -> None:
+        print(f"    {node.name}: another process is computing {node.key[:12]}; waiting", flush=True)
+
+    with store.lock(node.key, on_wait=waiting):
+        if store.has(node.key):
+            return _cached(node, store)
+        return _run(node, compiled, store, launcher, run_id)
+
+
+def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str) -> Outcome:
+    work = store.work_dir(node.key)
+    out_dir = work / "out"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a payload from a crashed attempt is never trusted
+    ckpt = latest_checkpoint(work / "checkpoints")
+    spec = _spec(node, compiled, store, work, out_dir, ckpt[1] if ckpt else None)
+    spec_path = write_spec(work / "spec.json", spec)
+    t0 = time.time()
+    try:
+        metrics = launcher.launch(spec_path)
+    except UserError as e:
+        return _failed(node, str(e), time.time() - t0)
+    except Exception as e:  # a bug or an environment problem: keep the traceback in the work dir
+        (work / "error.txt").write_text(traceback.format_exc())
+        log.error("%s failed:\n%s", node.name, traceback.format_exc())
+        return _failed(node, f"{type(e).__name__}: {e}", time.time() - t0)
+    wall = time.time() - t0
+    meta = {
+        "name": node.name,
+        "run_id": run_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": round(wall, 3),
+        "payload": node.payload,
+        "config": dataclasses.asdict(node.config),
+        "inputs": {r: {"name": s, "key": compiled.graph.nodes[s]["node"].key} for r, s in node.inputs.items()},
+        "metrics": metrics,
+        "resumed_from": ckpt[0] if ckpt else None,
+    }
+    store.commit(node.kind, node.key, out_dir, meta)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed
+    status = RESUMED if ckpt else "ran"
+    return Outcome(node.name, node.kind, node.key, status, wall, metrics, node.stage.headline)
+
+
+def _spec(node: Node, compiled: Compiled, store: Store, work: Path, out: Path, resume: Path | None) -> dict:
+    producers = {r: compiled.graph.nodes[s]["node"] for r, s in node.inputs.items()}
+    return {
+        "name": node.name,
+        "kind": node.kind,
+        "key": node.key,
+        "config": dataclasses.asdict(node.config),
+        "inputs": {r: str(store.find(p.key)) for r, p in producers.items()},
+        "input_keys": {r: p.key for r, p in producers.items()},
+        "datasets": node.datasets,
+        "store": str(store.root.resolve()),
+        "out": str(out.resolve()),
+        "work": str(work.resolve()),
+        "resume_from": str(resume.resolve()) if resume else None,
+    }
+
+
+def _failed(node: Node, message: str, wall: float) -> Outcome:
+    return Outcome(node.name, node.kind, node.key, FAILED, wall, error=message)
+
+
+def _record_entry(out: Outcome) -> dict[str, Any]:
+    return {
+        "kind": out.kind,
+        "key": out.key,
+        "status": out.status,
+        "wall_s": round(out.wall_s, 3),
+        "metrics": out.metrics,
+        "error": out.error,
+    }

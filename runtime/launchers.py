@@ -1,0 +1,37 @@
+"""How a stage's process starts. Every launcher runs `runtime.worker` on a frozen spec file.
+
+`inprocess` calls the worker directly (CPU, tests, tiny models). `torchrun` and `deepspeed`
+launchers (a subprocess per stage, `python -m runtime.worker spec.json` under the launcher's
+argv) implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from compiler.schema import LauncherConfig
+
+
+class Launcher(Protocol):
+    name: str
+
+    def launch(self, spec_path: Path) -> dict[str, Any]:
+        """Run the stage to completion and return its metrics; raise on failure."""
+        ...
+
+
+class InProcessLauncher:
+    name = "inprocess"
+
+    def launch(self, spec_path: Path) -> dict[str, Any]:
+        from runtime.worker import run_spec
+
+        return run_spec(spec_path)
+
+
+LAUNCHERS: dict[str, type] = {"inprocess": InProcessLauncher}
+
+
+def make_launcher(cfg: LauncherConfig) -> Launcher:
+    return LAUNCHERS[cfg.name]()

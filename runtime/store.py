@@ -1,0 +1,175 @@
+"""The artifact store: immutable artifacts, work dirs, locks, run records.
+
+    <store>/artifacts/<kind>/<key>/   manifest.json written last; the dir appears by one rename
+    <store>/work/<key>/               payload being built (out/), checkpoints, logs
+    <store>/locks/<key>.lock          one writer per key
+    <store>/runs/<id>.json            run records
+    <store>/names/<name>.json         the last artifact used under each stage name (for plan reasons)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from compiler.digests import sha256_file
+from stages.base import latest_checkpoint
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """Write to a temp file in the same dir, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # ---- artifacts
+    def find(self, key: str) -> Path | None:
+        """The artifact dir for `key`, only if its manifest is complete."""
+        base = self.root / "artifacts"
+        if not base.is_dir():
+            return None
+        for kind_dir in base.iterdir():
+            if read_manifest(kind_dir / key) is not None:
+                return kind_dir / key
+        return None
+
+    def has(self, key: str) -> bool:
+        return self.find(key) is not None
+
+    def manifest(self, key: str) -> dict[str, Any] | None:
+        path = self.find(key)
+        return read_manifest(path) if path else None
+
+    def artifacts(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        base = self.root / "artifacts"
+        for path in sorted(base.glob("*/*")) if base.is_dir() else []:
+            manifest = read_manifest(path)
+            if manifest is not None:
+                yield path, manifest
+
+    def commit(self, kind: str, key: str, payload_dir: Path, meta: dict[str, Any]) -> Path:
+        """Seal `payload_dir` as the artifact for `key`: digests, manifest last, fsync, rename."""
+        files = {}
+        for f in sorted(p for p in payload_dir.rglob("*") if p.is_file()):
+            rel = f.relative_to(payload_dir).as_posix()
+            files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+            _fsync_file(f)
+        atomic_write_json(payload_dir / MANIFEST, {**meta, "kind": kind, "key": key, "files": files})
+        _fsync_dir(payload_dir)
+        dest = self.root / "artifacts" / kind / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():  # a directory without a manifest is debris from a crash: replace it
+            if read_manifest(dest) is not None:
+                shutil.rmtree(payload_dir)
+                return dest
+            shutil.rmtree(dest)
+        os.rename(payload_dir, dest)
+        _fsync_dir(dest.parent)
+        return dest
+
+    def verify(self, key: str) -> list[str]:
+        """Files whose content no longer matches the manifest (empty when intact)."""
+        path = self.find(key)
+        manifest = read_manifest(path) if path else None
+        if path is None or manifest is None:
+            return ["<no artifact>"]
+        bad = []
+        for rel, meta in manifest["files"].items():
+            f = path / rel
+            if not f.is_file() or sha256_file(f) != meta["sha256"]:
+                bad.append(rel)
+        return bad
+
+    # ---- work dirs, checkpoints, locks
+    def work_dir(self, key: str) -> Path:
+        return self.root / "work" / key
+
+    def checkpoint(self, key: str) -> int | None:
+        found = latest_checkpoint(self.work_dir(key) / "checkpoints")
+        return found[0] if found else None
+
+    @contextmanager
+    def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the writer lock for `key`; the OS drops it if this process dies."""
+        from filelock import FileLock, Timeout
+
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait:
+                on_wait()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # ---- names and run records
+    def remember_name(self, name: str, key: str, payload: dict[str, Any]) -> None:
+        atomic_write_json(self._name_path(name), {"name": name, "key": key, "payload": payload})
+
+    def manifest_for_name(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._name_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _name_path(self, name: str) -> Path:
+        return self.root / "names" / (name.replace(os.sep, "_") + ".json")
+
+    def write_run(self, record: dict[str, Any]) -> Path:
+        path = self.root / "runs" / f"{record['id']}.json"
+        atomic_write_json(path, record)
+        return path
+
+    def runs(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted((self.root / "runs").glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "files" in manifest else None
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{os.urandom(2).hex()}"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)

@@ -1,0 +1,64 @@
+"""Run one stage from a frozen spec file: what every launcher ends up calling.
+
+    python -m runtime.worker <work>/spec.json
+
+The spec holds everything resolved (config, input paths, output and work dirs), so worker ranks
+never run Hydra or the compiler; the stage's metrics come back in `<work>/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.store import Store
+from stages import KINDS
+from stages.base import Context
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    return path
+
+
+def run_spec(spec_path: Path) -> dict[str, Any]:
+    """Run the stage described by `spec_path`; returns (and saves) its metrics."""
+    spec = json.loads(Path(spec_path).read_text())
+    stage = KINDS[spec["kind"]]()
+    cfg = type(stage).Config(**spec["config"])
+    store = Path(spec["store"])
+    ctx = Context(
+        name=spec["name"],
+        key=spec["key"],
+        out=Path(spec["out"]),
+        work=Path(spec["work"]),
+        inputs={r: Path(p) for r, p in spec["inputs"].items()},
+        input_keys=spec["input_keys"],
+        datasets=spec["datasets"],
+        resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None,
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        resolve=lambda key: _resolve(store, key),
+        log=logging.getLogger(f"pipelines.{spec['name']}"),
+    )
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    stage.run(ctx, cfg)
+    if ctx.rank == 0:
+        (ctx.work / "metrics.json").write_text(json.dumps(ctx.metrics, default=float))
+    return ctx.metrics
+
+
+def _resolve(root: Path, key: str) -> Path:
+    path = Store(root).find(key)
+    if path is None:
+        raise FileNotFoundError(f"artifact {key} is not in the store {root} (garbage-collected?)")
+    return path
+
+
+if __name__ == "__main__":
+    run_spec(Path(sys.argv[1]))

@@ -1,0 +1,99 @@
+"""`base`: materialise a model as an artifact (the built-in tiny model, a local directory, a hub id).
+
+Every pipeline has one implicit `base` node built from the root `model:` config; downstream stages
+load this artifact instead of reaching for the original source again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from stages.base import MODEL, Context, In, UserError
+
+TINY = "tiny"
+
+
+@dataclass
+class BaseConfig:
+    # "tiny" (built in), a local Hugging Face model directory, or a hub id (needs network)
+    name_or_path: str = TINY
+    revision: str | None = None  # hub only
+    # the built-in tiny Llama (used when name_or_path is "tiny")
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    seed: int = 0
+    description: str = field(default="", metadata={"volatile": True})
+
+
+class BaseModelStage:
+    kind: ClassVar[str] = "base"
+    Config = BaseConfig
+    inputs: ClassVar[dict[str, In]] = {}
+    output: ClassVar[str] = MODEL
+    code: ClassVar[tuple[str, ...]] = ("model/tiny.py", "model/loading.py")
+    dataset_fields: ClassVar[tuple[str, ...]] = ()
+    path_fields: ClassVar[tuple[str, ...]] = ("name_or_path",)
+    headline: ClassVar[str] = "parameters"
+
+    def run(self, ctx: Context, cfg: BaseConfig) -> None:
+        from stages.model.loading import write_model_json
+
+        if cfg.name_or_path == TINY:
+            from stages.model.tiny import build_model
+
+            facts = build_model(
+                ctx.out,
+                hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.intermediate_size,
+                num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads,
+                num_key_value_heads=cfg.num_key_value_heads,
+                max_position_embeddings=cfg.max_position_embeddings,
+                seed=cfg.seed,
+            )
+        elif Path(cfg.name_or_path).is_dir():
+            facts = _copy_local(Path(cfg.name_or_path), ctx.out)
+        elif Path(cfg.name_or_path).exists():
+            raise UserError(f"model.name_or_path: {cfg.name_or_path} is a file, not a directory")
+        else:
+            facts = _download(cfg.name_or_path, cfg.revision, ctx.out)
+        write_model_json(ctx.out, "full")
+        ctx.metrics.update(facts)
+
+
+def _copy_local(src: Path, out: Path) -> dict:
+    """Copy a local model directory as it is (hard links where the filesystem allows)."""
+    if not (src / "config.json").exists():
+        raise UserError(f"model.name_or_path: {src} has no config.json; is it a model directory?")
+    for f in sorted(src.rglob("*")):
+        if f.is_file() and ".git" not in f.parts:
+            dest = out / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.hardlink_to(f)
+            except OSError:
+                shutil.copy2(f, dest)
+    return {"source": "local"}
+
+
+def _download(name: str, revision: str | None, out: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except OSError as e:
+        raise UserError(
+            f"model.name_or_path: cannot load '{name}' (not a local directory, and the hub "
+            f"did not answer: {e.__class__.__name__}); give a local model directory"
+        ) from e
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters())}

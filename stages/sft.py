@@ -1,0 +1,183 @@
+"""`sft`: supervised fine-tuning (LoRA or full) with the transformers Trainer, resumable.
+
+Checkpoints go to the work dir, each marked complete only after the Trainer finished writing it;
+a rerun after a crash resumes from the latest complete one with optimizer, scheduler and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from stages.base import MODEL, SFT_DATA, Context, In, volatile
+
+TOKENIZE_FIELDS = ("dataset", "cutoff_len", "train_on_prompt", "max_samples", "val_size")
+
+
+@dataclass
+class SftConfig:
+    # data (forwarded to the implicit `tokenize` node)
+    dataset: str = "demo_sft"
+    cutoff_len: int = 512
+    train_on_prompt: bool = False
+    max_samples: int | None = None
+    val_size: float = 0.0
+    # method
+    finetuning_type: str = field(default="lora", metadata={"choices": ("lora", "full")})
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str | list[str] = "all"
+    # optimisation
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # recorded, not keyed
+    logging_steps: int = volatile(10)
+    save_steps: int = volatile(50)
+    save_total_limit: int | None = volatile(2)
+    report_to: str = volatile("none")
+
+
+class SftStage:
+    kind: ClassVar[str] = "sft"
+    Config = SftConfig
+    inputs: ClassVar[dict[str, In]] = {
+        "model": In(MODEL, default="base"),
+        "data": In(SFT_DATA, implicit="tokenize", forwards=TOKENIZE_FIELDS),
+    }
+    output: ClassVar[str] = MODEL
+    code: ClassVar[tuple[str, ...]] = ("model/loading.py",)
+    dataset_fields: ClassVar[tuple[str, ...]] = ()
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    headline: ClassVar[str] = "train_loss"
+
+    def run(self, ctx: Context, cfg: SftConfig) -> None:
+        from datasets import load_from_disk
+        from transformers import DataCollatorForSeq2Seq, Trainer
+
+        from stages.model.loading import load_tokenizer, write_model_json
+
+        upstream = ctx.inputs["model"]
+        tokenizer = load_tokenizer(upstream)
+        model, base_key = _trainable_model(ctx, cfg)
+        data = ctx.inputs["data"]
+        train = load_from_disk(str(data / "train"))
+        val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
+        trainer = Trainer(
+            model=model,
+            args=_training_args(ctx, cfg, has_eval=val is not None),
+            train_dataset=train,
+            eval_dataset=val,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            callbacks=[_checkpoint_marker(ctx), _jsonl_logger(ctx)],
+        )
+        resume = str(ctx.resume_from) if ctx.resume_from else None
+        result = trainer.train(resume_from_checkpoint=resume)
+        ctx.metrics.update(train_loss=result.training_loss, steps=result.global_step)
+        if val is not None:
+            ctx.metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        model.save_pretrained(ctx.out)
+        tokenizer.save_pretrained(ctx.out)
+        if cfg.finetuning_type == "lora":
+            write_model_json(ctx.out, "adapter", base=base_key)
+        else:
+            write_model_json(ctx.out, "full")
+        log = ctx.work / "train_log.jsonl"
+        if log.exists():
+            (ctx.out / "train_log.jsonl").write_bytes(log.read_bytes())
+
+
+def _trainable_model(ctx: Context, cfg: SftConfig) -> tuple[Any, str | None]:
+    """The model to train and, for LoRA, the key of the full-weights model it adapts.
+
+    An upstream adapter is continued (LoRA) or merged first (full fine-tuning).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from stages.model.loading import load_model, merged, read_model_json
+
+    upstream = ctx.inputs["model"]
+    meta = read_model_json(upstream)
+    lora = cfg.finetuning_type == "lora"
+    if meta["format"] == "adapter":
+        assert ctx.resolve is not None
+        model = load_model(upstream, ctx.resolve, trainable_adapter=lora)
+        return (model, meta["base"]) if lora else (merged(model), None)
+    model = load_model(upstream, ctx.resolve or (lambda k: upstream))
+    if not lora:
+        return model, None
+    target = "all-linear" if cfg.lora_target == "all" else cfg.lora_target
+    peft_cfg = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg), ctx.input_keys.get("model")
+
+
+def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ctx.checkpoints),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="no",
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _checkpoint_marker(ctx: Context) -> Any:
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """The Trainer calls on_save after a checkpoint is fully written: only then mark it."""
+
+        def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            path = ctx.checkpoints / f"checkpoint-{state.global_step}"
+            if path.is_dir() and state.is_world_process_zero:
+                ctx.mark_checkpoint_complete(path)
+
+    return MarkComplete()
+
+
+def _jsonl_logger(ctx: Context) -> Any:
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """Every logged step, appended to the work dir (kept across resumes, copied at the end)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
+            if logs and state.is_world_process_zero:
+                with (ctx.work / "train_log.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return JsonlLog()
