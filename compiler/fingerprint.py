@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,9 @@ def semantic_config(node: Node) -> dict[str, Any]:
 
 def code_digest(node: Node, digests: DigestCache) -> str:
     """The stage's module, the shared contract, and the helper files the kind declares."""
-    module = node.stage.__module__.rsplit(".", 1)[-1] + ".py"
-    files = sorted({module, "base.py", *node.stage.code})
-    parts = [f"{f}\0{digests.file(STAGES_DIR / f)}" for f in files]
+    module = Path(sys.modules[node.stage.__module__].__file__ or "")
+    files = {module.name: module, **{f: STAGES_DIR / f for f in ("base.py", *node.stage.code)}}
+    parts = [f"{name}\0{digests.file(path)}" for name, path in sorted(files.items())]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -49,6 +49,9 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
     for decl in spec.stages.values():
         if decl.config is not None:
             _wire(nodes[decl.name], decl.inputs, nodes, issues)
+    used = {src for n in nodes.values() for src in n.inputs.values()}
+    if BASE in nodes and nodes[BASE].implicit and BASE not in used:
+        del nodes[BASE]  # the implicit model is materialised only when something loads it
     for node in list(nodes.values()):
         _resolve_datasets(node, spec, base_dir, issues)
         _resolve_local_paths(node, base_dir)

@@ -1,0 +1,91 @@
+"""Bad configs end in one clear message: key path, did-you-mean, exit 2, no traceback, no store.
+
+The messages are a contract: they are pinned here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cli import pipelines
+
+CASES = {
+    "unknown key": (
+        ["stages.sft.learning_rat=2e-4"],
+        "config error (1):\n"
+        "  - stages.sft.learning_rat: unknown key (did you mean 'learning_rate'?)",
+    ),
+    "wrong type": (
+        ["stages.sft.learning_rate=fast"],
+        "config error (1):\n  - stages.sft.learning_rate: expected float, got 'fast'",
+    ),
+    "missing stage": (
+        ["+stages.sft2={kind:sft,model:sfft}"],
+        "config error (1):\n  - stages.sft2.model: no stage named 'sfft' (did you mean 'sft'?)",
+    ),
+    "cycle": (
+        ["+stages.a={kind:sft,model:b}", "+stages.b={kind:sft,model:a}"],
+        "config error (1):\n  - stages: cycle: a -> b -> a (break one of the links)",
+    ),
+    "bad choice": (
+        ["stages.sft.finetuning_type=lorra"],
+        "config error (1):\n"
+        "  - stages.sft.finetuning_type: invalid value 'lorra' (did you mean 'lora'?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("verb", ["plan", "run"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_config_error_is_one_clear_message(tmp_path: Path, case: str, verb: str) -> None:
+    overrides, message = CASES[case]
+    result = pipelines(verb, "+pipeline=sft", *overrides, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "store").exists()  # the store is untouched
+
+
+def test_all_problems_in_a_pipeline_file_are_reported_at_once(tmp_path: Path) -> None:
+    confdir = tmp_path / "myconf" / "pipeline"
+    confdir.mkdir(parents=True)
+    (confdir / "bad.yaml").write_text(
+        "# @package _global_\n"
+        "stages:\n"
+        "  sft:\n"
+        "    kind: sft\n"
+        "    lora_rnk: 4\n"
+        "    num_train_epochs: many\n"
+        "    dataset: demo_sfft\n"
+        "  ppo:\n"
+        "    kind: ppoo\n"
+    )
+    result = pipelines(
+        "plan", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "+pipeline=bad", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config errors (4):",
+        "  - stages.sft.lora_rnk: unknown key (did you mean 'lora_rank'?)",
+        "  - stages.sft.num_train_epochs: expected float, got 'many'",
+        "  - stages.ppo.kind: unknown kind 'ppoo' (one of: base, sft, tokenize)",
+        "  - stages.sft.dataset: no dataset named 'demo_sfft' (did you mean 'demo_sft'?)",
+    ]
+
+
+def test_missing_pipeline_lists_the_available_ones(tmp_path: Path) -> None:
+    result = pipelines("plan", "+pipeline=sfft", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Could not find 'pipeline/sfft'" in result.stderr
+    assert "sft" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_verb_and_no_pipeline(tmp_path: Path) -> None:
+    assert pipelines("rnu", cwd=tmp_path).returncode == 2
+    result = pipelines("plan", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "config error (1):\n  - stages: no stages to run (choose a pipeline, e.g. +pipeline=sft)"
+    )

@@ -1,0 +1,114 @@
+"""Crashes: `kill -9` during training resumes with identical losses; during a commit, no
+artifact ever appears without its complete manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli import ROOT, pipelines
+
+pytestmark = pytest.mark.slow
+
+TRAIN = [
+    "+pipeline=sft",
+    "stages.sft.max_steps=60",
+    "stages.sft.save_steps=5",
+    "stages.sft.logging_steps=1",
+]
+
+
+def losses(artifact: Path) -> dict[int, float]:
+    """step -> loss, the last value logged for each step (a resumed run re-logs some steps)."""
+    out = {}
+    for line in (artifact / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "loss" in entry:
+            out[entry["step"]] = entry["loss"]
+    return out
+
+
+def sft_artifact(store: Path) -> Path:
+    (path,) = (store / "artifacts" / "sft").iterdir()
+    return path
+
+
+def complete_checkpoints(store: Path) -> list[Path]:
+    return list((store / "work").glob("*/checkpoints/checkpoint-*/.complete"))
+
+
+def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines", "run", *TRAIN],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not complete_checkpoints(tmp_path / "store") and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+
+    plan = pipelines("plan", *TRAIN, cwd=tmp_path)
+    (line,) = [ln for ln in plan.stdout.splitlines() if ln.startswith("sft: ")]
+    assert line.startswith("sft: resume from checkpoint "), plan.stdout
+    step = int(line.split("checkpoint ")[1].split()[0])
+    assert 0 < step < 60
+
+    resumed = pipelines("run", *TRAIN, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed" in resumed.stdout
+
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    fresh = pipelines("run", *TRAIN, cwd=fresh_dir)
+    assert fresh.returncode == 0, fresh.stderr
+    got, want = losses(sft_artifact(tmp_path / "store")), losses(sft_artifact(fresh_dir / "store"))
+    assert sorted(got) == sorted(want) == list(range(1, 61))
+    after = [s for s in want if s > step]
+    assert after
+    for s in after:
+        assert abs(got[s] - want[s]) <= 1e-5, (s, got[s], want[s])
+
+
+CRASH_ON_COMMIT = """
+import os, signal, sys
+real_rename = os.rename
+def rename(src, dst):
+    if "/artifacts/sft/" in str(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(src, dst)
+os.rename = rename
+from pipelines.__main__ import main
+sys.exit(main(["run", *sys.argv[1:]]))
+"""
+
+
+def test_kill_during_commit_never_shows_a_partial_artifact(tmp_path: Path) -> None:
+    args = ["+pipeline=sft", "stages.sft.max_steps=6", "stages.sft.save_steps=3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_ON_COMMIT, *args], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert crashed.returncode == -signal.SIGKILL
+    store = tmp_path / "store"
+    assert not (store / "artifacts" / "sft").exists() or not any((store / "artifacts" / "sft").iterdir())
+    for manifest_dir in (store / "artifacts").glob("*/*"):
+        assert (manifest_dir / "manifest.json").is_file()  # base and tokenize committed whole
+
+    plan = pipelines("plan", *args, cwd=tmp_path)
+    assert "sft: resume from checkpoint 6" in plan.stdout
+    rerun = pipelines("run", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    manifest = json.loads((sft_artifact(store) / "manifest.json").read_text())
+    assert manifest["resumed_from"] == 6
+    assert "adapter_model.safetensors" in manifest["files"]

@@ -1,0 +1,150 @@
+"""The default pipeline end to end on the tiny model (CPU): run, cache, plan, sweep, parallel.
+
+Each test drives the real CLI in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli import ROOT, pipelines
+
+pytestmark = pytest.mark.slow
+
+# a short run: the default pipeline with fewer steps
+FAST = ["+pipeline=sft", "stages.sft.max_steps=12", "stages.sft.save_steps=6"]
+
+
+def records(store: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((store / "runs").glob("*.json"))]
+
+
+def ran(store: Path, stage: str) -> int:
+    """How many run records say `stage` was computed (not taken from the cache)."""
+    return sum(r["stages"].get(stage, {}).get("status") in ("ran", "resumed") for r in records(store))
+
+
+def artifact_files(store: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in (store / "artifacts").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One completed default run, shared by the tests that only read or extend it."""
+    cwd = tmp_path_factory.mktemp("sft")
+    result = pipelines("run", *FAST, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd
+
+
+def test_run_writes_artifacts_a_record_and_a_summary(trained: Path) -> None:
+    store = trained / "store"
+    (record,) = records(store)
+    assert record["status"] == "ok"
+    assert {k: v["status"] for k, v in record["stages"].items()} == {
+        "base": "ran",
+        "tokenize:demo_sft": "ran",
+        "sft": "ran",
+    }
+    sft = store / "artifacts" / "sft" / record["stages"]["sft"]["key"]
+    names = {p.name for p in sft.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "model.json", "manifest.json"} <= names
+    assert "train_log.jsonl" in names and "tokenizer.json" in names
+    manifest = json.loads((sft / "manifest.json").read_text())
+    assert manifest["inputs"]["model"]["name"] == "base"
+    assert 0 < manifest["metrics"]["train_loss"] < 10 and manifest["metrics"]["steps"] == 12
+    assert not (store / "work" / record["stages"]["sft"]["key"]).exists()  # cleaned after commit
+
+
+def test_lora_weights_changed_and_artifact_reloads(trained: Path) -> None:
+    store = trained / "store"
+    (record,) = records(store)[:1]
+    key = record["stages"]["sft"]["key"]
+    code = f"""
+import torch
+from pathlib import Path
+from runtime.store import Store
+from safetensors.torch import load_file
+from stages.model.loading import load_model, load_tokenizer
+store = Store(Path({str(store)!r}))
+path = store.find({key!r})
+weights = load_file(str(path / "adapter_model.safetensors"))
+lora_b = [v for k, v in weights.items() if "lora_B" in k]
+assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training moves it"
+model = load_model(path, store.find)
+tok = load_tokenizer(path)
+ids = tok.apply_chat_template([{{"role": "user", "content": "2 + 2"}}], add_generation_prompt=True,
+                              return_tensors="pt", return_dict=True)
+out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+assert out.shape[1] == ids["input_ids"].shape[1] + 4 or out.shape[1] > ids["input_ids"].shape[1]
+print("OK")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip().endswith("OK"), result.stderr
+
+
+def test_second_run_is_all_cached_and_never_imports_torch(trained: Path) -> None:
+    store = trained / "store"
+    before = artifact_files(store)
+    code = (
+        "import sys\nfrom pipelines.__main__ import main\n"
+        f"rc = main(['run', *{FAST!r}])\n"
+        "print('TORCH_LOADED', 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {"PIPELINES_STORE": str(store)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=trained, capture_output=True, text=True,
+        env={**__import__("os").environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH_LOADED False False" in result.stdout
+    last = records(store)[-1]
+    assert {v["status"] for v in last["stages"].values()} == {"cached"}
+    assert artifact_files(store) == before  # untouched
+
+
+def test_plan_names_the_changed_value(trained: Path) -> None:
+    result = pipelines("plan", *FAST, "stages.sft.learning_rate=2e-4", cwd=trained)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "base: cached" in lines
+    assert "tokenize:demo_sft: cached" in lines
+    assert "sft: run (learning_rate 1e-3 -> 2e-4)" in lines
+
+
+def test_sweep_trains_upstream_once(trained: Path) -> None:
+    store = trained / "store"
+    base_runs, tok_runs = ran(store, "base"), ran(store, "tokenize:demo_sft")
+    result = pipelines("run", "-m", *FAST, "stages.sft.learning_rate=1e-4,2e-4,3e-4", cwd=trained)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep = records(store)[-3:]
+    assert [r["config"]["stages"]["sft"]["learning_rate"] for r in sweep] == [1e-4, 2e-4, 3e-4]
+    assert len({r["stages"]["sft"]["key"] for r in sweep}) == 3
+    assert all(r["stages"]["sft"]["status"] == "ran" for r in sweep)
+    assert ran(store, "base") == base_runs and ran(store, "tokenize:demo_sft") == tok_runs
+
+
+def test_two_processes_at_once_compute_upstream_once(tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "run", *FAST, f"stages.sft.learning_rate={lr}"],
+            cwd=tmp_path,
+            env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for lr in ("1e-4", "2e-4")
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    store = tmp_path / "store"
+    assert ran(store, "base") == 1 and ran(store, "tokenize:demo_sft") == 1
+    assert ran(store, "sft") == 2
+    assert len(list((store / "artifacts" / "base").iterdir())) == 1
