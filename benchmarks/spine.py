@@ -45,7 +45,9 @@ def main() -> None:
         ]
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     print(f"cold run  +pipeline=sft          {cold:6.2f} s   (target < 60 s)")
-    print(f"cached rerun (median of {args.repeat})      {statistics.median(cached):6.2f} s   (target < 3 s)")
+    print(
+        f"cached rerun (median of {args.repeat})      {statistics.median(cached):6.2f} s   (target < 3 s)"
+    )
     print(f"plan with a change (median of {args.repeat}) {statistics.median(plans):6.2f} s")
 
 

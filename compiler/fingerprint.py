@@ -114,4 +114,3 @@ def _dataset_part(entry: dict[str, Any], digests: DigestCache) -> dict[str, Any]
     keyed = set(semantic_fields(DatasetSpec)) - {"path"}  # the content digest stands for the path
     spec = {k: v for k, v in entry.items() if k in keyed}
     return {"spec": spec, "digest": digests.tree(Path(entry["path"]))}
-

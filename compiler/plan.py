@@ -64,7 +64,11 @@ def why_run(node: Node, last: dict[str, Any] | None, stale_upstream: list[str]) 
     if changed:
         return ", ".join(changed)
     if old.get("inputs") != new["inputs"]:
-        return f"upstream changed ({', '.join(stale_upstream)})" if stale_upstream else "inputs changed"
+        return (
+            f"upstream changed ({', '.join(stale_upstream)})"
+            if stale_upstream
+            else "inputs changed"
+        )
     for part, label in (("data", "data changed"), ("paths", "model files changed")):
         if old.get(part) != new[part]:
             return f"{label} ({', '.join(sorted(_diff_keys(old.get(part), new[part])))})"
@@ -72,9 +76,14 @@ def why_run(node: Node, last: dict[str, Any] | None, stale_upstream: list[str]) 
         return "stage code changed"
     if old.get("versions") != new["versions"]:
         libs = _diff_keys(old.get("versions"), new["versions"])
-        return "library versions changed (" + ", ".join(
-            f"{lib} {(old.get('versions') or {}).get(lib)} -> {new['versions'].get(lib)}" for lib in libs
-        ) + ")"
+        return (
+            "library versions changed ("
+            + ", ".join(
+                f"{lib} {(old.get('versions') or {}).get(lib)} -> {new['versions'].get(lib)}"
+                for lib in libs
+            )
+            + ")"
+        )
     if old.get("cache_version") != new["cache_version"]:
         return "cache_version changed"
     return "artifact missing"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from compiler.errors import Issue, did_you_mean
 from stages import KINDS
@@ -61,9 +62,7 @@ def validate(raw: Mapping[str, Any], issues: list[Issue]) -> PipelineSpec:
         str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues)
         for n, d in _mapping(raw, "datasets", issues).items()
     }
-    stages = {
-        str(n): _stage(str(n), d, issues) for n, d in _mapping(raw, "stages", issues).items()
-    }
+    stages = {str(n): _stage(str(n), d, issues) for n, d in _mapping(raw, "stages", issues).items()}
     if not stages and not issues:
         issues.append(Issue("stages", "no stages to run", "choose a pipeline, e.g. +pipeline=sft"))
     return PipelineSpec(store, cache_version, model, launcher, datasets, stages)  # type: ignore[arg-type]

@@ -25,7 +25,10 @@ def inspect_main(verb: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     store = Store(Path(args.store))
     if not store.root.is_dir():
-        print(f"pipelines {verb}: no store at {store.root} (set --store or PIPELINES_STORE)", file=sys.stderr)
+        print(
+            f"pipelines {verb}: no store at {store.root} (set --store or PIPELINES_STORE)",
+            file=sys.stderr,
+        )
         return 2
     return {"show": show, "ls": ls, "gc": gc}[verb](store, args)
 
@@ -47,7 +50,9 @@ def show(store: Store, args: argparse.Namespace) -> int:
         return 2
     print(f"{manifest['name']}  ({manifest['kind']})  key {manifest['key']}")
     print(f"path     {store.find(manifest['key'])}")
-    print(f"created  {manifest.get('created')}  wall {manifest.get('wall_s')}s  run {manifest.get('run_id')}")
+    print(
+        f"created  {manifest.get('created')}  wall {manifest.get('wall_s')}s  run {manifest.get('run_id')}"
+    )
     if manifest.get("resumed_from") is not None:
         print(f"resumed from checkpoint {manifest['resumed_from']}")
     print("metrics  " + ", ".join(f"{k}={fmt(v)}" for k, v in manifest.get("metrics", {}).items()))
@@ -76,7 +81,15 @@ def ls(store: Store, args: argparse.Namespace) -> int:
     rows = []
     for _, m in store.artifacts():
         size = sum(f["size"] for f in m["files"].values()) / 1e6
-        rows.append([m["kind"], m["key"][:KEY_CHARS], m.get("name", ""), m.get("created", ""), f"{size:.2f} MB"])
+        rows.append(
+            [
+                m["kind"],
+                m["key"][:KEY_CHARS],
+                m.get("name", ""),
+                m.get("created", ""),
+                f"{size:.2f} MB",
+            ]
+        )
     print(table(["kind", "key", "name", "created", "size"], rows) if rows else "(no artifacts)")
     return 0
 
@@ -106,5 +119,7 @@ def gc(store: Store, args: argparse.Namespace) -> int:
     if not doomed:
         print("nothing to remove")
     elif not args.yes:
-        print(f"{len(doomed)} artifacts unreferenced; run `python -m pipelines gc --yes` to remove them")
+        print(
+            f"{len(doomed)} artifacts unreferenced; run `python -m pipelines gc --yes` to remove them"
+        )
     return 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import networkx as nx
 
@@ -13,7 +14,10 @@ KEY_CHARS = 12
 
 def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -23,7 +27,10 @@ def plan_lines(steps: list[Step], graph: nx.DiGraph) -> list[str]:
     for s in steps:
         ins = ", ".join(f"{r}={src}" for r, src in sorted(s.node.inputs.items()))
         out.append(f"{s.node.name}: {s.describe()}")
-        out.append(f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}" + (f"  inputs {ins}" if ins else ""))
+        out.append(
+            f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
+            + (f"  inputs {ins}" if ins else "")
+        )
     return out
 
 

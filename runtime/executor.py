@@ -16,7 +16,7 @@ from typing import Any
 
 from compiler.compile import Compiled
 from compiler.graph import Node
-from compiler.plan import CACHED, RESUME, plan
+from compiler.plan import CACHED, plan
 from runtime.launchers import Launcher
 from runtime.store import Store
 from runtime.worker import write_spec
@@ -47,11 +47,14 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
     for i, step in enumerate(steps, 1):
         node = step.node
         failed_up = [
-            s for s in compiled.graph.predecessors(node.name)
+            s
+            for s in compiled.graph.predecessors(node.name)
             if outcomes[s].status in (FAILED, SKIPPED)
         ]
         if failed_up:
-            out = Outcome(node.name, node.kind, node.key, SKIPPED, error=f"upstream {failed_up[0]} failed")
+            out = Outcome(
+                node.name, node.kind, node.key, SKIPPED, error=f"upstream {failed_up[0]} failed"
+            )
         elif step.status == CACHED:
             out = _cached(node, store)
         else:
@@ -71,8 +74,11 @@ def _cached(node: Node, store: Store) -> Outcome:
     return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, node.stage.headline)
 
 
-def _run_locked(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str) -> Outcome:
+def _run_locked(
+    node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str
+) -> Outcome:
     """Take the key's lock; if another process committed it meanwhile, reuse theirs."""
+
     def waiting() -> None:
         print(f"    {node.name}: another process is computing {node.key[:12]}; waiting", flush=True)
 
@@ -107,7 +113,10 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
         "wall_s": round(wall, 3),
         "payload": node.payload,
         "config": dataclasses.asdict(node.config),
-        "inputs": {r: {"name": s, "key": compiled.graph.nodes[s]["node"].key} for r, s in node.inputs.items()},
+        "inputs": {
+            r: {"name": s, "key": compiled.graph.nodes[s]["node"].key}
+            for r, s in node.inputs.items()
+        },
         "metrics": metrics,
         "resumed_from": ckpt[0] if ckpt else None,
     }
@@ -117,7 +126,9 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
     return Outcome(node.name, node.kind, node.key, status, wall, metrics, node.stage.headline)
 
 
-def _spec(node: Node, compiled: Compiled, store: Store, work: Path, out: Path, resume: Path | None) -> dict:
+def _spec(
+    node: Node, compiled: Compiled, store: Store, work: Path, out: Path, resume: Path | None
+) -> dict:
     producers = {r: compiled.graph.nodes[s]["node"] for r, s in node.inputs.items()}
     return {
         "name": node.name,

@@ -1,10 +1,10 @@
 """The artifact store: immutable artifacts, work dirs, locks, run records.
 
-    <store>/artifacts/<kind>/<key>/   manifest.json written last; the dir appears by one rename
-    <store>/work/<key>/               payload being built (out/), checkpoints, logs
-    <store>/locks/<key>.lock          one writer per key
-    <store>/runs/<id>.json            run records
-    <store>/names/<name>.json         the last artifact used under each stage name (for plan reasons)
+<store>/artifacts/<kind>/<key>/   manifest.json written last; the dir appears by one rename
+<store>/work/<key>/               payload being built (out/), checkpoints, logs
+<store>/locks/<key>.lock          one writer per key
+<store>/runs/<id>.json            run records
+<store>/names/<name>.json         the last artifact used under each stage name (for plan reasons)
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from compiler.digests import sha256_file
 from stages.base import latest_checkpoint
@@ -70,7 +71,9 @@ class Store:
             rel = f.relative_to(payload_dir).as_posix()
             files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
             _fsync_file(f)
-        atomic_write_json(payload_dir / MANIFEST, {**meta, "kind": kind, "key": key, "files": files})
+        atomic_write_json(
+            payload_dir / MANIFEST, {**meta, "kind": kind, "key": key, "files": files}
+        )
         _fsync_dir(payload_dir)
         dest = self.root / "artifacts" / kind / key
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 # Artifact types: what a stage produces and what an input role accepts.
 MODEL = "model"
@@ -63,7 +64,9 @@ class Context:
     world_size: int = 1
     resolve: Callable[[str], Path] | None = None  # artifact key -> its directory (for lineage)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pipelines.stage"))
-    metrics: dict[str, Any] = field(default_factory=dict)  # filled by the stage, kept in the manifest
+    metrics: dict[str, Any] = field(
+        default_factory=dict
+    )  # filled by the stage, kept in the manifest
 
     @property
     def checkpoints(self) -> Path:

@@ -20,7 +20,10 @@ class FakeConfig:
 class FakeStage:
     kind: ClassVar[str] = "fake"
     Config = FakeConfig
-    inputs: ClassVar[dict[str, In]] = {"a": In("blob", optional=True), "b": In("blob", optional=True)}
+    inputs: ClassVar[dict[str, In]] = {
+        "a": In("blob", optional=True),
+        "b": In("blob", optional=True),
+    }
     output: ClassVar[str] = "blob"
     code: ClassVar[tuple[str, ...]] = ()
     dataset_fields: ClassVar[tuple[str, ...]] = ()

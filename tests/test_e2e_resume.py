@@ -48,7 +48,10 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines", "run", *TRAIN],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not complete_checkpoints(tmp_path / "store") and proc.poll() is None:
@@ -101,7 +104,9 @@ def test_kill_during_commit_never_shows_a_partial_artifact(tmp_path: Path) -> No
     )
     assert crashed.returncode == -signal.SIGKILL
     store = tmp_path / "store"
-    assert not (store / "artifacts" / "sft").exists() or not any((store / "artifacts" / "sft").iterdir())
+    assert not (store / "artifacts" / "sft").exists() or not any(
+        (store / "artifacts" / "sft").iterdir()
+    )
     for manifest_dir in (store / "artifacts").glob("*/*"):
         assert (manifest_dir / "manifest.json").is_file()  # base and tokenize committed whole
 

@@ -26,7 +26,9 @@ def records(store: Path) -> list[dict]:
 
 def ran(store: Path, stage: str) -> int:
     """How many run records say `stage` was computed (not taken from the cache)."""
-    return sum(r["stages"].get(stage, {}).get("status") in ("ran", "resumed") for r in records(store))
+    return sum(
+        r["stages"].get(stage, {}).get("status") in ("ran", "resumed") for r in records(store)
+    )
 
 
 def artifact_files(store: Path) -> dict[str, float]:
@@ -53,7 +55,12 @@ def test_run_writes_artifacts_a_record_and_a_summary(trained: Path) -> None:
     }
     sft = store / "artifacts" / "sft" / record["stages"]["sft"]["key"]
     names = {p.name for p in sft.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "model.json", "manifest.json"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "model.json",
+        "manifest.json",
+    } <= names
     assert "train_log.jsonl" in names and "tokenizer.json" in names
     manifest = json.loads((sft / "manifest.json").read_text())
     assert manifest["inputs"]["model"]["name"] == "base"
@@ -99,7 +106,10 @@ def test_second_run_is_all_cached_and_never_imports_torch(trained: Path) -> None
     )
     env = {"PIPELINES_STORE": str(store)}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=trained, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=trained,
+        capture_output=True,
+        text=True,
         env={**__import__("os").environ, **env},
     )
     assert result.returncode == 0, result.stderr
@@ -135,7 +145,11 @@ def test_two_processes_at_once_compute_upstream_once(tmp_path: Path) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "pipelines", "run", *FAST, f"stages.sft.learning_rate={lr}"],
             cwd=tmp_path,
-            env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")},
+            env={
+                **__import__("os").environ,
+                "PYTHONPATH": str(ROOT),
+                "PIPELINES_STORE": str(tmp_path / "store"),
+            },
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
