@@ -98,10 +98,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def fmt(value: Any) -> str:
-    """Short human form: 0.0001 -> 1e-4, 3.0 -> 3, lists and strings as written."""
+    """Short human form: 0.0001 -> 1e-4, 0.05 -> 0.05, 3.0 -> 3, others as written."""
     if isinstance(value, float):
         mant, exp = f"{value:.6e}".split("e")
-        if -3 <= int(exp) < 6:
+        if -2 <= int(exp) < 6:
             return f"{value:.6g}"
         return f"{float(mant):g}e{int(exp)}"
     return str(value)

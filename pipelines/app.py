@@ -49,6 +49,7 @@ def _task(cfg: DictConfig) -> None:
         code = command(raw, base_dir=Path.cwd(), overrides=_task_overrides())
     except CompileError as e:  # reported here, not raised: Hydra would print its own preamble
         code = _report(e.render(), e)
+        _remove_output_dir()  # a rejected config leaves nothing behind
     _state["exit"] = max(_state["exit"], code)
 
 
@@ -59,6 +60,20 @@ def _task_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:
         return []
+
+
+def _remove_output_dir() -> None:
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if out.resolve() != Path.cwd().resolve() and {p.name for p in out.iterdir()} <= {".hydra"}:
+        shutil.rmtree(out)
+        for parent in out.parents:  # the date dir and `outputs/` itself, when now empty
+            if parent == Path.cwd() or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def run_hydra(verb: str, args: list[str]) -> int:

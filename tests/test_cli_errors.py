@@ -45,7 +45,7 @@ def test_config_error_is_one_clear_message(tmp_path: Path, case: str, verb: str)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == message
     assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "store").exists()  # the store is untouched
+    assert list(tmp_path.iterdir()) == []  # no store, no Hydra output dir: nothing written
 
 
 def test_all_problems_in_a_pipeline_file_are_reported_at_once(tmp_path: Path) -> None:

@@ -1,0 +1,93 @@
+"""Generate the demo data: small synthetic tasks whose answers can be checked exactly.
+
+    python -m stages.data.demo.generate [--out DIR]
+
+Deterministic (fixed seed, fixed key order), stdlib only, our own content. Writes sft.jsonl
+(alpaca), chat.jsonl (multi-turn messages), preference.jsonl (chosen / rejected) and text.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from stages.data.demo import TASKS, solve
+
+SEED = 1234
+SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vek", "no", "pi", "dor", "ze", "mul")
+SYSTEM = "You answer with the result only."
+
+
+def prompt(rng: random.Random) -> tuple[str, str]:
+    """(instruction, input) of one task instance."""
+    task = rng.choice(TASKS)
+    if task in ("add", "subtract", "multiply"):
+        a, b = rng.randint(0, 99), rng.randint(0, 99 if task != "multiply" else 12)
+        op = {"add": "+", "subtract": "-", "multiply": "*"}[task]
+        return rng.choice(("What is {}?", "Compute {}.", "Calculate {}")).format(f"{a} {op} {b}"), ""
+    word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+    if task == "reverse":
+        return rng.choice(("Reverse the word.", "Spell this word backwards.")), word
+    if task == "sort":
+        digits = "".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 7)))
+        return rng.choice(("Sort these digits.", "Put the digits in ascending order.")), digits
+    letter = rng.choice(sorted(set(word)))
+    return f"How many times does '{letter}' occur?", word
+
+
+def wrong(answer: str, rng: random.Random) -> str:
+    """A plausible but wrong answer: off by one for numbers, shuffled for strings."""
+    if answer.lstrip("-").isdigit():
+        return str(int(answer) + rng.choice((-1, 1)))
+    letters = list(answer)
+    for _ in range(10):
+        rng.shuffle(letters)
+        if "".join(letters) != answer:
+            return "".join(letters)
+    return answer + answer[-1]
+
+
+def user_text(instruction: str, inp: str) -> str:
+    return f"{instruction}\n{inp}" if inp else instruction
+
+
+def generate(out: Path) -> None:
+    rng = random.Random(SEED)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for _ in range(1200):
+        ins, inp = prompt(rng)
+        rows.append({"instruction": ins, "input": inp, "output": solve(ins, inp)})
+    _write_jsonl(out / "sft.jsonl", rows)
+    chats = []
+    for i in range(300):
+        msgs = [{"role": "system", "content": SYSTEM}] if i % 3 == 0 else []
+        for _ in range(rng.randint(2, 3)):
+            ins, inp = prompt(rng)
+            msgs.append({"role": "user", "content": user_text(ins, inp)})
+            msgs.append({"role": "assistant", "content": solve(ins, inp)})
+        chats.append({"messages": msgs})
+    _write_jsonl(out / "chat.jsonl", chats)
+    prefs = []
+    for _ in range(600):
+        ins, inp = prompt(rng)
+        answer = solve(ins, inp)
+        prefs.append({"instruction": ins, "input": inp, "chosen": answer, "rejected": wrong(answer, rng)})
+    _write_jsonl(out / "preference.jsonl", prefs)
+    lines = []
+    for _ in range(1500):
+        ins, inp = prompt(rng)
+        lines.append(f"{user_text(ins, inp).replace(chr(10), ' ')} Answer: {solve(ins, inp)}.")
+    (out / "text.txt").write_text("\n".join(lines) + "\n")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    generate(parser.parse_args().out)

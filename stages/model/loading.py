@@ -1,0 +1,61 @@
+"""Load a model artifact: full weights, or a base (found by key) plus a PEFT adapter.
+
+`model.json` in the artifact says which: {"format": "full"} or {"format": "adapter", "base": key}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MODEL_JSON = "model.json"
+
+
+def write_model_json(out_dir: Path, fmt: str, base: str | None = None) -> None:
+    meta: dict[str, Any] = {"format": fmt}
+    if fmt == "adapter":
+        if not base:
+            raise ValueError("an adapter artifact must name the key of its base model")
+        meta["base"] = base
+    (Path(out_dir) / MODEL_JSON).write_text(json.dumps(meta, sort_keys=True) + "\n")
+
+
+def read_model_json(path: Path) -> dict[str, Any]:
+    file = Path(path) / MODEL_JSON
+    if not file.exists():  # a plain Hugging Face directory
+        return {"format": "full"}
+    return json.loads(file.read_text())
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def load_model(
+    path: Path,
+    resolve: Callable[[str], Path],
+    *,
+    trainable_adapter: bool = False,
+    dtype: Any = None,
+) -> Any:
+    """The model an artifact describes; an adapter's base is loaded first, by key."""
+    from transformers import AutoModelForCausalLM
+
+    meta = read_model_json(path)
+    if meta["format"] == "full":
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+    from peft import PeftModel
+
+    base = merged(load_model(resolve(meta["base"]), resolve, dtype=dtype))
+    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
+
+
+def merged(model: Any) -> Any:
+    """Full weights: an adapter folded into its base; anything else as it is."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
