@@ -26,7 +26,9 @@ def prompt(rng: random.Random) -> tuple[str, str]:
     if task in ("add", "subtract", "multiply"):
         a, b = rng.randint(0, 99), rng.randint(0, 99 if task != "multiply" else 12)
         op = {"add": "+", "subtract": "-", "multiply": "*"}[task]
-        return rng.choice(("What is {}?", "Compute {}.", "Calculate {}")).format(f"{a} {op} {b}"), ""
+        return rng.choice(("What is {}?", "Compute {}.", "Calculate {}")).format(
+            f"{a} {op} {b}"
+        ), ""
     word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
     if task == "reverse":
         return rng.choice(("Reverse the word.", "Spell this word backwards.")), word
@@ -74,7 +76,9 @@ def generate(out: Path) -> None:
     for _ in range(600):
         ins, inp = prompt(rng)
         answer = solve(ins, inp)
-        prefs.append({"instruction": ins, "input": inp, "chosen": answer, "rejected": wrong(answer, rng)})
+        prefs.append(
+            {"instruction": ins, "input": inp, "chosen": answer, "rejected": wrong(answer, rng)}
+        )
     _write_jsonl(out / "preference.jsonl", prefs)
     lines = []
     for _ in range(1500):
