@@ -163,7 +163,10 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{os.urandom(2).hex()}"
+    """Sortable by start time (to the millisecond), unique across concurrent processes."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    return f"{stamp}-{os.getpid()}-{os.urandom(2).hex()}"
 
 
 def _fsync_file(path: Path) -> None:

@@ -22,6 +22,7 @@ TRAIN = [
     "stages.sft.max_steps=60",
     "stages.sft.save_steps=5",
     "stages.sft.logging_steps=1",
+    "stages.sft.finetuning_type=lora",
 ]
 
 
@@ -97,7 +98,12 @@ sys.exit(main(["run", *sys.argv[1:]]))
 
 
 def test_kill_during_commit_never_shows_a_partial_artifact(tmp_path: Path) -> None:
-    args = ["+pipeline=sft", "stages.sft.max_steps=6", "stages.sft.save_steps=3"]
+    args = [
+        "+pipeline=sft",
+        "stages.sft.max_steps=6",
+        "stages.sft.save_steps=3",
+        "stages.sft.finetuning_type=lora",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
     crashed = subprocess.run(
         [sys.executable, "-c", CRASH_ON_COMMIT, *args], cwd=tmp_path, env=env, capture_output=True

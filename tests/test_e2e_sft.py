@@ -55,44 +55,68 @@ def test_run_writes_artifacts_a_record_and_a_summary(trained: Path) -> None:
     }
     sft = store / "artifacts" / "sft" / record["stages"]["sft"]["key"]
     names = {p.name for p in sft.iterdir()}
-    assert {
-        "adapter_model.safetensors",
-        "adapter_config.json",
-        "model.json",
-        "manifest.json",
-    } <= names
-    assert "train_log.jsonl" in names and "tokenizer.json" in names
+    assert {"model.safetensors", "config.json", "model.json", "manifest.json"} <= names
+    assert {"train_log.jsonl", "tokenizer.json", "chat_template.jinja"} <= names
     manifest = json.loads((sft / "manifest.json").read_text())
     assert manifest["inputs"]["model"]["name"] == "base"
     assert 0 < manifest["metrics"]["train_loss"] < 10 and manifest["metrics"]["steps"] == 12
     assert not (store / "work" / record["stages"]["sft"]["key"]).exists()  # cleaned after commit
 
 
-def test_lora_weights_changed_and_artifact_reloads(trained: Path) -> None:
-    store = trained / "store"
-    (record,) = records(store)[:1]
-    key = record["stages"]["sft"]["key"]
-    code = f"""
-import torch
+RELOAD = """
+import sys
 from pathlib import Path
-from runtime.store import Store
 from safetensors.torch import load_file
+from runtime.store import Store
 from stages.model.loading import load_model, load_tokenizer
-store = Store(Path({str(store)!r}))
-path = store.find({key!r})
-weights = load_file(str(path / "adapter_model.safetensors"))
-lora_b = [v for k, v in weights.items() if "lora_B" in k]
-assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training moves it"
-model = load_model(path, store.find)
-tok = load_tokenizer(path)
-ids = tok.apply_chat_template([{{"role": "user", "content": "2 + 2"}}], add_generation_prompt=True,
-                              return_tensors="pt", return_dict=True)
-out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-assert out.shape[1] == ids["input_ids"].shape[1] + 4 or out.shape[1] > ids["input_ids"].shape[1]
+store, key, base_key = Store(Path(sys.argv[1])), sys.argv[2], sys.argv[3]
+path, base = store.find(key), store.find(base_key)
+files = {p.name for p in path.iterdir()}
+if "adapter_model.safetensors" in files:
+    trained = load_file(str(path / "adapter_model.safetensors"))
+    moved = [k for k, v in trained.items() if "lora_B" in k and v.abs().sum() > 0]
+    assert moved and len(moved) == sum("lora_B" in k for k in trained), "every LoRA B moves"
+else:
+    before, after = load_file(str(base / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert before.keys() == after.keys()
+    same = [k for k in before if before[k].equal(after[k])]
+    assert not same, f"parameters that did not train: {same}"
+model, tok = load_model(path, store.find), load_tokenizer(path)
+prompt = tok.apply_chat_template(
+    [{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,
+    return_tensors="pt", return_dict=True,
+)
+out = model.generate(**prompt, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+assert out.shape[1] == prompt["input_ids"].shape[1] + 4
 print("OK")
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
+def check_reloads(store: Path, record: dict) -> None:
+    """Every parameter meant to train changed; the artifact reloads through the shared loader
+    (an adapter finds its base by key) and generates."""
+    keys = [record["stages"][s]["key"] for s in ("sft", "base")]
+    args = [sys.executable, "-c", RELOAD, str(store), *keys]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert result.stdout.strip().endswith("OK"), result.stderr
+
+
+def test_full_finetuning_trained_every_parameter_and_reloads(trained: Path) -> None:
+    store = trained / "store"
+    check_reloads(store, records(store)[0])
+
+
+def test_lora_trains_an_adapter_that_reloads_on_its_base(tmp_path: Path) -> None:
+    args = [*FAST, "stages.sft.finetuning_type=lora", "stages.sft.learning_rate=1e-2"]
+    result = pipelines("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    store = tmp_path / "store"
+    (record,) = records(store)
+    sft = store / "artifacts" / "sft" / record["stages"]["sft"]["key"]
+    meta = json.loads((sft / "model.json").read_text())
+    assert meta == {"format": "adapter", "base": record["stages"]["base"]["key"]}
+    assert not (sft / "model.safetensors").exists()
+    check_reloads(store, record)
 
 
 def test_second_run_is_all_cached_and_never_imports_torch(trained: Path) -> None:
@@ -125,7 +149,7 @@ def test_plan_names_the_changed_value(trained: Path) -> None:
     lines = result.stdout.splitlines()
     assert "base: cached" in lines
     assert "tokenize:demo_sft: cached" in lines
-    assert "sft: run (learning_rate 1e-3 -> 2e-4)" in lines
+    assert "sft: run (learning_rate 3e-3 -> 2e-4)" in lines
 
 
 def test_sweep_trains_upstream_once(trained: Path) -> None:
@@ -134,7 +158,11 @@ def test_sweep_trains_upstream_once(trained: Path) -> None:
     result = pipelines("run", "-m", *FAST, "stages.sft.learning_rate=1e-4,2e-4,3e-4", cwd=trained)
     assert result.returncode == 0, result.stdout + result.stderr
     sweep = records(store)[-3:]
-    assert [r["config"]["stages"]["sft"]["learning_rate"] for r in sweep] == [1e-4, 2e-4, 3e-4]
+    assert sorted(r["config"]["stages"]["sft"]["learning_rate"] for r in sweep) == [
+        1e-4,
+        2e-4,
+        3e-4,
+    ]
     assert len({r["stages"]["sft"]["key"] for r in sweep}) == 3
     assert all(r["stages"]["sft"]["status"] == "ran" for r in sweep)
     assert ran(store, "base") == base_runs and ran(store, "tokenize:demo_sft") == tok_runs
