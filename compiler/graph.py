@@ -123,7 +123,10 @@ def _resolve_datasets(node: Node, spec: PipelineSpec, base_dir: Path, issues: li
     for f in node.stage.dataset_fields:
         name = getattr(node.config, f)
         if name not in spec.datasets:
-            hint = did_you_mean(name, spec.datasets) or f"known: {', '.join(sorted(spec.datasets))}"
+            known = ", ".join(sorted(spec.datasets))
+            hint = did_you_mean(name, spec.datasets) or (
+                f"known: {known}" if known else f"declare it as datasets.{name}.path"
+            )
             issues.append(Issue(f"{node.path}.{f}", f"no dataset named '{name}'", hint))
             continue
         entry = dataclasses.asdict(spec.datasets[name])

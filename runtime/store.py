@@ -68,6 +68,8 @@ class Store:
         """Seal `payload_dir` as the artifact for `key`: digests, manifest last, fsync, rename."""
         files = {}
         for f in sorted(p for p in payload_dir.rglob("*") if p.is_file()):
+            if f == payload_dir / MANIFEST:
+                continue  # left by a commit that crashed before its rename; rewritten below
             rel = f.relative_to(payload_dir).as_posix()
             files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
             _fsync_file(f)

@@ -151,8 +151,15 @@ def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=_has_cuda(),
         disable_tqdm=False,
     )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _checkpoint_marker(ctx: Context) -> Any:
