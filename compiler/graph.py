@@ -54,7 +54,7 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
         del nodes[BASE]  # the implicit model is materialised only when something loads it
     for node in list(nodes.values()):
         _resolve_datasets(node, spec, base_dir, issues)
-        _resolve_local_paths(node, base_dir)
+        _resolve_local_paths(node, base_dir, issues)
     graph = nx.DiGraph()
     for node in nodes.values():
         graph.add_node(node.name, node=node)
@@ -152,12 +152,17 @@ def resolve_path(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def _resolve_local_paths(node: Node, base_dir: Path) -> None:
+def _resolve_local_paths(node: Node, base_dir: Path, issues: list[Issue]) -> None:
     """A path field naming an existing file or directory becomes absolute (and is keyed by its
-    content); other values (a hub id) are left as they are, as Hugging Face's loaders do."""
+    content); other values (a hub id) are left as they are, as Hugging Face's loaders do. A value
+    written as a path (/, ./, ../, ~) must exist."""
     for f in node.stage.path_fields:
         value = getattr(node.config, f)
-        path = resolve_path(value, base_dir) if isinstance(value, str) else None
-        if path is not None and path.exists():
+        if not isinstance(value, str):
+            continue
+        path = resolve_path(value, base_dir)
+        if path.exists():
             node.local_paths[f] = str(path.resolve())
             node.config = dataclasses.replace(node.config, **{f: str(path.resolve())})
+        elif value.startswith(("/", "./", "../", "~")):
+            issues.append(Issue(f"{node.path}.{f}", f"no such file or directory: {path}"))

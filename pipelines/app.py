@@ -40,15 +40,19 @@ def _default(f: dataclasses.Field) -> Any:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _task(cfg: DictConfig) -> None:
+    from omegaconf.errors import OmegaConfBaseException
+
     from pipelines.commands import plan_command, run_command
 
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
     command = plan_command if _state["verb"] == "plan" else run_command
     try:
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        assert isinstance(raw, dict)
         code = command(raw, base_dir=Path.cwd(), overrides=_task_overrides())
-    except CompileError as e:  # reported here, not raised: Hydra would print its own preamble
-        code = _report(e.render(), e)
+    except (CompileError, OmegaConfBaseException) as e:
+        # reported here rather than raised, where Hydra would add its own preamble
+        message = e.render() if isinstance(e, CompileError) else hydra_message(e)
+        code = _report(message, e)
         _remove_output_dir()  # a rejected config leaves nothing behind
     _state["exit"] = max(_state["exit"], code)
 
@@ -113,7 +117,10 @@ def hydra_message(e: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
     issue = None
-    if m:
+    if m and "Missing mandatory value" in text:
+        path = m.group(1)
+        issue = Issue(path, "missing value", f"set it, e.g. {path}=...")
+    elif m:
         path = m.group(1)
         hint = did_you_mean(path.rsplit(".", 1)[-1], known_keys())
         issue = Issue(path, "unknown key" if "not in struct" in text else lines[0], hint)

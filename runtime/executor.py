@@ -104,7 +104,8 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
     except Exception as e:  # a bug or an environment problem: keep the traceback in the work dir
         (work / "error.txt").write_text(traceback.format_exc())
         log.error("%s failed:\n%s", node.name, traceback.format_exc())
-        return _failed(node, f"{type(e).__name__}: {e}", time.time() - t0)
+        message = f"{type(e).__name__}: {e} (traceback in {work / 'error.txt'})"
+        return _failed(node, message, time.time() - t0)
     wall = time.time() - t0
     meta = {
         "name": node.name,
@@ -122,7 +123,7 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
     }
     store.commit(node.kind, node.key, out_dir, meta)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed
-    status = RESUMED if ckpt else "ran"
+    status = RESUMED if ckpt else RAN
     return Outcome(node.name, node.kind, node.key, status, wall, metrics, node.stage.headline)
 
 

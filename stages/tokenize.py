@@ -28,7 +28,7 @@ class TokenizeStage:
     Config = TokenizeConfig
     inputs: ClassVar[dict[str, In]] = {"model": In(MODEL, default="base")}
     output: ClassVar[str] = SFT_DATA
-    code: ClassVar[tuple[str, ...]] = ("data/formats.py",)
+    code: ClassVar[tuple[str, ...]] = ("data/formats.py", "model/loading.py")
     dataset_fields: ClassVar[tuple[str, ...]] = ("dataset",)
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "examples"

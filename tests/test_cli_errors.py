@@ -29,6 +29,15 @@ CASES = {
         ["+stages.a={kind:sft,model:b}", "+stages.b={kind:sft,model:a}"],
         "config error (1):\n  - stages: cycle: a -> b -> a (break one of the links)",
     ),
+    "missing value": (
+        ["model=local"],
+        "config error (1):\n"
+        "  - model.name_or_path: missing value (set it, e.g. model.name_or_path=...)",
+    ),
+    "missing model dir": (
+        ["model=local", "model.name_or_path=./no/such/model"],
+        "config error (1):\n  - model.name_or_path: no such file or directory: {cwd}/no/such/model",
+    ),
     "bad choice": (
         ["stages.sft.finetuning_type=lorra"],
         "config error (1):\n"
@@ -43,7 +52,7 @@ def test_config_error_is_one_clear_message(tmp_path: Path, case: str, verb: str)
     overrides, message = CASES[case]
     result = pipelines(verb, "+pipeline=sft", *overrides, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == message
+    assert result.stderr.strip() == message.format(cwd=tmp_path)
     assert "Traceback" not in result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == []  # no store, no Hydra output dir: nothing written
 
