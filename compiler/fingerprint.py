@@ -113,4 +113,7 @@ def fingerprint(
 def _dataset_part(entry: dict[str, Any], digests: DigestCache) -> dict[str, Any]:
     keyed = set(semantic_fields(DatasetSpec)) - {"path"}  # the content digest stands for the path
     spec = {k: v for k, v in entry.items() if k in keyed}
-    return {"spec": spec, "digest": digests.tree(Path(entry["path"]))}
+    path = Path(entry["path"])
+    if path.exists():
+        return {"spec": spec, "digest": digests.tree(path)}
+    return {"spec": spec, "hub": entry["path"]}  # a hub dataset: named, cannot be digested

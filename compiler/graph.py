@@ -131,10 +131,22 @@ def _resolve_datasets(node: Node, spec: PipelineSpec, base_dir: Path, issues: li
             continue
         entry = dataclasses.asdict(spec.datasets[name])
         path = resolve_path(entry["path"], base_dir)
-        if not path.exists():
+        if path.exists():
+            entry["path"] = str(path)
+        elif looks_like_path(entry["path"]):
             issues.append(Issue(f"datasets.{name}.path", f"file not found: {path}"))
-            continue
-        node.datasets[f] = {**entry, "name": name, "path": str(path)}
+            continue  # otherwise a hub dataset name, for users with network
+        check = getattr(node.stage, "check_dataset", None)
+        problem = check(entry) if check else None
+        if problem:
+            issues.append(Issue(f"{node.path}.{f}", f"dataset '{name}' {problem}"))
+        node.datasets[f] = {**entry, "name": name}
+
+
+def looks_like_path(value: str) -> bool:
+    """Hub ids never start like a path or end in a data file suffix; local paths must exist."""
+    suffixes = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
+    return value.startswith(("/", "./", "../", "~", "pkg://")) or value.endswith(suffixes)
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
@@ -155,7 +167,7 @@ def resolve_path(value: str, base_dir: Path) -> Path:
 def _resolve_local_paths(node: Node, base_dir: Path, issues: list[Issue]) -> None:
     """A path field naming an existing file or directory becomes absolute (and is keyed by its
     content); other values (a hub id) are left as they are, as Hugging Face's loaders do. A value
-    written as a path (/, ./, ../, ~) must exist."""
+    written as a path must exist."""
     for f in node.stage.path_fields:
         value = getattr(node.config, f)
         if not isinstance(value, str):
@@ -164,5 +176,5 @@ def _resolve_local_paths(node: Node, base_dir: Path, issues: list[Issue]) -> Non
         if path.exists():
             node.local_paths[f] = str(path.resolve())
             node.config = dataclasses.replace(node.config, **{f: str(path.resolve())})
-        elif value.startswith(("/", "./", "../", "~")):
+        elif looks_like_path(value):
             issues.append(Issue(f"{node.path}.{f}", f"no such file or directory: {path}"))

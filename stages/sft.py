@@ -12,17 +12,35 @@ from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, volatile
 
-TOKENIZE_FIELDS = ("dataset", "cutoff_len", "train_on_prompt", "max_samples", "val_size")
+TOKENIZE_FIELDS = (
+    "dataset",
+    "template",
+    "custom_template",
+    "cutoff_len",
+    "train_on_prompt",
+    "mask_history",
+    "packing",
+    "neat_packing",
+    "max_samples",
+    "val_size",
+    "bad_rows",
+)
 
 
 @dataclass
 class SftConfig:
     # data (forwarded to the implicit `tokenize` node)
     dataset: str = "demo_sft"
+    template: str | None = None
+    custom_template: dict | None = None
     cutoff_len: int = 512
     train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool = False
+    neat_packing: bool = False
     max_samples: int | None = None
     val_size: float = 0.0
+    bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
     # method
     finetuning_type: str = field(default="lora", metadata={"choices": ("lora", "full")})
     lora_rank: int = 8
@@ -55,21 +73,25 @@ class SftStage:
         "data": In(SFT_DATA, implicit="tokenize", forwards=TOKENIZE_FIELDS),
     }
     output: ClassVar[str] = MODEL
-    code: ClassVar[tuple[str, ...]] = ("model/loading.py",)
+    code: ClassVar[tuple[str, ...]] = ("model/loading.py", "data/collate.py")
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "train_loss"
 
     def run(self, ctx: Context, cfg: SftConfig) -> None:
         from datasets import load_from_disk
-        from transformers import DataCollatorForSeq2Seq, Trainer
+        from transformers import Trainer
 
+        from stages.data.collate import collate
         from stages.model.loading import load_tokenizer, write_model_json
 
         upstream = ctx.inputs["model"]
         tokenizer = load_tokenizer(upstream)
         model, base_key = _trainable_model(ctx, cfg)
+        model.config.use_cache = False  # no KV cache in training (and neat packing needs none)
         data = ctx.inputs["data"]
+        if (data / "chat_template.jinja").exists():  # train and serve with the same template
+            tokenizer.chat_template = (data / "chat_template.jinja").read_text()
         train = load_from_disk(str(data / "train"))
         val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
         trainer = Trainer(
@@ -77,7 +99,7 @@ class SftStage:
             args=_training_args(ctx, cfg, has_eval=val is not None),
             train_dataset=train,
             eval_dataset=val,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
             callbacks=[_checkpoint_marker(ctx), _jsonl_logger(ctx)],
         )
         resume = str(ctx.resume_from) if ctx.resume_from else None

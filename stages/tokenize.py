@@ -1,25 +1,30 @@
-"""`tokenize`: render supervised examples through the tokenizer's chat template, with labels on
-assistant tokens only, truncated to `cutoff_len`, split into train / validation."""
+"""`tokenize`: render supervised examples through a chat template, labels on assistant tokens,
+fit to `cutoff_len`, optionally packed, split into train / validation."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, UserError
 
-IGNORE = -100
+BAD_ROWS = ("error", "skip")
 
 
 @dataclass
 class TokenizeConfig:
     dataset: str = "demo_sft"  # a name in `datasets`
+    template: str | None = None  # None: the tokenizer's own chat template
+    custom_template: dict | None = None  # slots: system / user / assistant / tool / generation
     cutoff_len: int = 512
     train_on_prompt: bool = False
+    mask_history: bool = False  # train on the last assistant turn only
+    packing: bool = False
+    neat_packing: bool = False  # packed examples cannot attend to each other
     max_samples: int | None = None
     val_size: float = 0.0  # a fraction (< 1) or a count of validation examples
+    bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
     seed: int = 42
 
 
@@ -28,80 +33,98 @@ class TokenizeStage:
     Config = TokenizeConfig
     inputs: ClassVar[dict[str, In]] = {"model": In(MODEL, default="base")}
     output: ClassVar[str] = SFT_DATA
-    code: ClassVar[tuple[str, ...]] = ("data/formats.py", "model/loading.py")
+    code: ClassVar[tuple[str, ...]] = (
+        "data/formats.py",
+        "data/sources.py",
+        "data/templates.py",
+        "data/encode.py",
+        "data/packing.py",
+        "model/loading.py",
+    )
     dataset_fields: ClassVar[tuple[str, ...]] = ("dataset",)
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "examples"
+
+    @staticmethod
+    def check_dataset(entry: dict[str, Any]) -> str | None:
+        """Compile-time: supervised data only."""
+        if entry.get("ranking"):
+            return "holds preference pairs; sft needs supervised data (preference data is for dpo / orpo / rm)"
+        if entry.get("formatting") == "text":
+            return "holds plain text; sft needs supervised data (plain text is for pt)"
+        return None
 
     def run(self, ctx: Context, cfg: TokenizeConfig) -> None:
         from datasets import Dataset
         from tqdm import tqdm
 
-        from stages.data.formats import read_rows, to_messages
+        from stages.data.encode import IGNORE, encode, truncate
+        from stages.data.formats import to_example
+        from stages.data.packing import pack, padding_fraction
+        from stages.data.sources import iter_rows
+        from stages.data.templates import apply_template
         from stages.model.loading import load_tokenizer
 
         entry = ctx.datasets["dataset"]
-        path = Path(entry["path"])
         tokenizer = load_tokenizer(ctx.inputs["model"])
-        if not tokenizer.chat_template:
-            raise UserError(f"{ctx.inputs['model']}: the tokenizer has no chat template")
-        rows = list(read_rows(path))
-        if cfg.max_samples is not None:
-            rows = rows[: cfg.max_samples]
+        template = apply_template(tokenizer, cfg.template, cfg.custom_template)
         examples: list[dict[str, list[int]]] = []
-        truncated = dropped = 0
-        for n, row in tqdm(rows, desc=f"tokenize {path.name}", unit="row", leave=False):
-            msgs = to_messages(row, entry["formatting"], f"{path}:{n}")
-            ids, labels = encode(tokenizer, msgs, cfg.train_on_prompt)
+        counts = {"truncated": 0, "dropped": 0, "skipped": 0}
+        skipped: list[str] = []
+        rows = iter_rows(entry)
+        for n, (where, row) in enumerate(tqdm(rows, desc=f"tokenize {entry['name']}", unit="row")):
+            if cfg.max_samples is not None and n >= cfg.max_samples:
+                break
+            try:
+                example = to_example(row, entry, where)
+                if example.kind != "supervised":
+                    raise UserError(
+                        f"{where}: a {example.kind} example; sft needs a prompt and a response"
+                    )
+            except UserError as e:
+                if cfg.bad_rows == "error":
+                    raise
+                counts["skipped"] += 1
+                skipped.append(str(e))
+                continue
+            ids, labels = encode(
+                tokenizer,
+                example.messages,
+                train_on_prompt=cfg.train_on_prompt,
+                mask_history=cfg.mask_history,
+                tools=example.tools or None,
+            )
             if len(ids) > cfg.cutoff_len:
-                truncated += 1
-                ids, labels = ids[: cfg.cutoff_len], labels[: cfg.cutoff_len]
+                counts["truncated"] += 1
+                ids, labels = truncate(ids, labels, cfg.cutoff_len)
             if all(x == IGNORE for x in labels):
-                dropped += 1  # nothing left to learn from after truncation
+                counts["dropped"] += 1  # nothing left to learn from after truncation
                 continue
             examples.append({"input_ids": ids, "labels": labels})
+        if skipped:
+            ctx.log.warning("skipped %d bad rows, e.g. %s", len(skipped), "; ".join(skipped[:3]))
         if not examples:
-            raise UserError(f"{path}: no usable examples (cutoff_len {cfg.cutoff_len} too small?)")
+            raise UserError(
+                f"dataset '{entry['name']}': no usable examples (cutoff_len {cfg.cutoff_len} too small?)"
+            )
         train, val = split(examples, cfg.val_size, cfg.seed)
+        lengths = [len(e["input_ids"]) for e in train]
+        if cfg.packing or cfg.neat_packing:
+            train = pack(train, cfg.cutoff_len, neat=cfg.neat_packing)
         Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
         if val:
             Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+        (ctx.out / "chat_template.jinja").write_text(template)
         ctx.metrics.update(
-            examples=len(train),
+            examples=len(examples) - len(val),
             validation=len(val),
-            tokens=sum(len(e["input_ids"]) for e in examples),
+            rows=len(train),
+            tokens=sum(lengths),
             trained_tokens=sum(sum(x != IGNORE for x in e["labels"]) for e in examples),
-            truncated=truncated,
-            dropped=dropped,
+            padding_unpacked=round(padding_fraction(lengths, 8), 4),
+            padding_packed=round(padding_fraction([len(r["input_ids"]) for r in train], 8), 4),
+            **counts,
         )
-
-
-def encode(tokenizer: Any, msgs: list[dict[str, str]], train_on_prompt: bool) -> tuple[list, list]:
-    """Token ids of the whole chat, and labels that keep only assistant tokens.
-
-    Each assistant turn's span is found by rendering the conversation up to it (with the generation
-    prompt) and up to its end: this works for any template whose renders are prefix-consistent.
-    """
-    ids = _render(tokenizer, msgs, add_generation_prompt=False)
-    if train_on_prompt:
-        return ids, list(ids)
-    labels = [IGNORE] * len(ids)
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        start = len(_render(tokenizer, msgs[:i], add_generation_prompt=True))
-        end = len(_render(tokenizer, msgs[: i + 1], add_generation_prompt=False))
-        labels[start:end] = ids[start:end]
-    return ids, labels
-
-
-def _render(tokenizer: Any, msgs: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    if not msgs:
-        return []
-    out = tokenizer.apply_chat_template(
-        msgs, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
-    )
-    return list(out)
 
 
 def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:

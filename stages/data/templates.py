@@ -1,0 +1,138 @@
+"""Chat templates: the tokenizer's own by default; named ones for base models without one (or to
+override it); and templates users write as slots in config.
+
+Every template is jinja, installed as the tokenizer's `chat_template`, so training (tokenize) and
+inference (`apply_chat_template(..., add_generation_prompt=True)`) render identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stages.base import UserError
+
+# slots: `{content}` is the message text; `default_system` is used when a chat has no system turn
+SLOTS = ("system", "user", "assistant", "tool", "generation", "prefix", "default_system")
+
+
+def from_slots(s: dict[str, str]) -> str:
+    """A jinja chat template from slot strings (system / user / assistant / tool / generation /
+    prefix / default_system). A system slot left empty folds the system text into the first
+    user turn, as llama2 and gemma do."""
+    unknown = set(s) - set(SLOTS)
+    if unknown:
+        raise UserError(f"template: unknown slots {sorted(unknown)} (slots: {', '.join(SLOTS)})")
+
+    def slot(name: str, var: str) -> str:
+        text = s.get(name, "{content}")
+        head, _, tail = text.partition("{content}")
+        return "{{ " + repr(head) + " + " + var + " + " + repr(tail) + " }}"
+
+    system = s.get("system", "")
+    default = s.get("default_system", "")
+    lines = [
+        "{{ " + repr(s.get("prefix", "")) + " }}",
+        "{% set sys = messages[0]['content'] if messages and messages[0]['role'] == 'system' "
+        f"else {default!r} %}}",
+        "{% set msgs = messages[1:] if messages and messages[0]['role'] == 'system' else messages %}",
+    ]
+    if system:
+        lines.append("{% if sys %}" + slot("system", "sys") + "{% endif %}")
+    lines += [
+        "{% for m in msgs %}",
+        "{% set c = (sys + '\\n\\n' + m['content']) if (loop.first and sys and "
+        f"{not system!r} and m['role'] == 'user') else m['content'] %}}",
+        "{% if m['role'] == 'user' %}" + slot("user", "c"),
+        "{% elif m['role'] == 'assistant' %}" + slot("assistant", "c"),
+        "{% else %}" + slot("tool", "c") + "{% endif %}",
+        "{% endfor %}",
+        "{% if add_generation_prompt %}{{ " + repr(s.get("generation", "")) + " }}{% endif %}",
+    ]
+    return "".join(lines)
+
+
+NAMED: dict[str, dict[str, str]] = {
+    "chatml": {
+        "system": "<|im_start|>system\n{content}<|im_end|>\n",
+        "user": "<|im_start|>user\n{content}<|im_end|>\n",
+        "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+        "tool": "<|im_start|>tool\n{content}<|im_end|>\n",
+        "generation": "<|im_start|>assistant\n",
+    },
+    "llama3": {
+        "prefix": "<|begin_of_text|>",
+        "system": "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        "user": "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
+        "tool": "<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>",
+        "generation": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    },
+    "llama2": {
+        "user": "<s>[INST] {content} [/INST]",
+        "assistant": " {content} </s>",
+        "tool": "<s>[INST] {content} [/INST]",
+    },
+    "mistral": {
+        "prefix": "<s>",
+        "user": "[INST] {content}[/INST]",
+        "assistant": "{content}</s>",
+        "tool": "[TOOL_RESULTS] {content}[/TOOL_RESULTS]",
+    },
+    "gemma": {
+        "prefix": "<bos>",
+        "user": "<start_of_turn>user\n{content}<end_of_turn>\n",
+        "assistant": "<start_of_turn>model\n{content}<end_of_turn>\n",
+        "tool": "<start_of_turn>user\n{content}<end_of_turn>\n",
+        "generation": "<start_of_turn>model\n",
+    },
+    "phi": {
+        "system": "<|system|>\n{content}<|end|>\n",
+        "user": "<|user|>\n{content}<|end|>\n",
+        "assistant": "<|assistant|>\n{content}<|end|>\n",
+        "tool": "<|user|>\n{content}<|end|>\n",
+        "generation": "<|assistant|>\n",
+    },
+    "alpaca": {
+        "system": "{content}\n\n",
+        "user": "### Instruction:\n{content}\n\n",
+        "assistant": "### Response:\n{content}</s>\n\n",
+        "generation": "### Response:\n",
+        "default_system": "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.",
+    },
+    "vicuna": {
+        "system": "{content} ",
+        "user": "USER: {content} ",
+        "assistant": "ASSISTANT: {content}</s>",
+        "generation": "ASSISTANT:",
+        "default_system": "A chat between a curious user and an artificial intelligence "
+        "assistant. The assistant gives helpful, detailed, and polite answers to the user's "
+        "questions.",
+    },
+    "default": {
+        "system": "System: {content}\n",
+        "user": "Human: {content}\n",
+        "assistant": "Assistant: {content}\n",
+        "generation": "Assistant:",
+    },
+    "empty": {"system": "{content}", "user": "{content}", "assistant": "{content}"},
+}
+NAMED["qwen"] = {**NAMED["chatml"], "default_system": "You are a helpful assistant."}
+
+
+def apply_template(tokenizer: Any, name: str | None, slots: dict[str, str] | None) -> str:
+    """Install the chosen template on `tokenizer`; returns its source (keyed and saved)."""
+    if slots:
+        tokenizer.chat_template = from_slots(slots)
+    elif name:
+        if name not in NAMED:
+            raise UserError(
+                f"template: unknown template '{name}' (one of: {', '.join(sorted(NAMED))})"
+            )
+        tokenizer.chat_template = from_slots(NAMED[name])
+    if not tokenizer.chat_template:
+        raise UserError(
+            "the tokenizer has no chat template: choose one with `template` "
+            f"({', '.join(sorted(NAMED))}) or write `custom_template` slots"
+        )
+    return tokenizer.chat_template
