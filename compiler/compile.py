@@ -28,7 +28,7 @@ class Compiled:
 def compile_pipeline(raw: Mapping[str, Any], base_dir: Path, digests: DigestCache) -> Compiled:
     """Raises CompileError (all issues at once) on a bad config."""
     issues: list[Issue] = []
-    spec = validate(raw, issues)
+    spec = validate(raw, issues, base_dir)
     graph = build_graph(spec, base_dir, issues)
     fingerprint(graph, digests, base_dir, spec.cache_version)
     return Compiled(spec, graph)

@@ -98,7 +98,7 @@ def fingerprint(
             "kind": node.kind,
             "config": {k: v for k, v in config.items() if k not in node.local_paths},
             "inputs": {r: graph.nodes[src]["node"].key for r, src in sorted(node.inputs.items())},
-            "data": {f: _dataset_part(e, digests) for f, e in node.datasets.items()},
+            "data": {f: [_dataset_part(e, digests) for e in es] for f, es in node.datasets.items()},
             "paths": {f: digests.tree(Path(p)) for f, p in node.local_paths.items()},
             "code": code_digest(node, digests),
             "versions": versions,

@@ -107,7 +107,7 @@ def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
     consumer.forwarded += want.forwards
     for r in kind.inputs:  # an implicit node shares the consumer's same-named inputs
         node.inputs[r] = consumer.inputs.get(r) or kind.inputs[r].default or ""
-    label = values.get("dataset", consumer.name)
+    label = "+".join(dataset_names(values["dataset"])) if "dataset" in values else consumer.name
     for name in (f"{kind.kind}:{label}", f"{kind.kind}:{label}:{consumer.name}"):
         other = nodes.get(name)
         if other is None:
@@ -120,27 +120,44 @@ def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
 
 
 def _resolve_datasets(node: Node, spec: PipelineSpec, base_dir: Path, issues: list) -> None:
+    """A dataset field names one entry of `datasets`, or several separated by commas (mixed)."""
     for f in node.stage.dataset_fields:
-        name = getattr(node.config, f)
-        if name not in spec.datasets:
-            known = ", ".join(sorted(spec.datasets))
-            hint = did_you_mean(name, spec.datasets) or (
-                f"known: {known}" if known else f"declare it as datasets.{name}.path"
-            )
-            issues.append(Issue(f"{node.path}.{f}", f"no dataset named '{name}'", hint))
-            continue
-        entry = dataclasses.asdict(spec.datasets[name])
-        path = resolve_path(entry["path"], base_dir)
-        if path.exists():
-            entry["path"] = str(path)
-        elif looks_like_path(entry["path"]):
-            issues.append(Issue(f"datasets.{name}.path", f"file not found: {path}"))
-            continue  # otherwise a hub dataset name, for users with network
-        check = getattr(node.stage, "check_dataset", None)
-        problem = check(entry) if check else None
-        if problem:
-            issues.append(Issue(f"{node.path}.{f}", f"dataset '{name}' {problem}"))
-        node.datasets[f] = {**entry, "name": name}
+        entries = []
+        for name in dataset_names(getattr(node.config, f)):
+            entry = _dataset_entry(node, f, name, spec, base_dir, issues)
+            if entry is not None:
+                entries.append(entry)
+        node.datasets[f] = entries
+
+
+def _dataset_entry(
+    node: Node, f: str, name: str, spec: PipelineSpec, base_dir: Path, issues: list
+) -> dict[str, Any] | None:
+    if name not in spec.datasets:
+        known = ", ".join(sorted(spec.datasets))
+        hint = did_you_mean(name, spec.datasets) or (
+            f"known: {known}" if known else f"declare it as datasets.{name}.path"
+        )
+        issues.append(Issue(f"{node.path}.{f}", f"no dataset named '{name}'", hint))
+        return None
+    entry = dataclasses.asdict(spec.datasets[name])
+    path = resolve_path(entry["path"], base_dir)
+    if path.exists():
+        entry["path"] = str(path)
+    elif looks_like_path(entry["path"]):
+        issues.append(Issue(f"datasets.{name}.path", f"file not found: {path}"))
+        return None  # otherwise a hub dataset name, for users with network
+    check = getattr(node.stage, "check_dataset", None)
+    problem = check(entry) if check else None
+    if problem:
+        issues.append(Issue(f"{node.path}.{f}", f"dataset '{name}' {problem}"))
+    return {**entry, "name": name}
+
+
+def dataset_names(value: str | list[str]) -> list[str]:
+    """`a`, `a,b` or [a, b]."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(n).strip() for n in items if str(n).strip()]
 
 
 def looks_like_path(value: str) -> bool:

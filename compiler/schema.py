@@ -12,10 +12,12 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from compiler.errors import Issue, did_you_mean
 from stages import KINDS
+from stages.data.registry import read_dataset_info
 from stages.data.spec import DatasetSpec
 
 LAUNCHERS = ("inprocess",)  # torchrun and deepspeed come with the distributed issue
@@ -45,10 +47,12 @@ class PipelineSpec:
     stages: dict[str, StageDecl]
 
 
-ROOT_KEYS = ("store", "cache_version", "model", "launcher", "datasets", "stages")
+ROOT_KEYS = ("store", "cache_version", "model", "launcher", "dataset_info", "datasets", "stages")
 
 
-def validate(raw: Mapping[str, Any], issues: list[Issue]) -> PipelineSpec:
+def validate(
+    raw: Mapping[str, Any], issues: list[Issue], base_dir: Path | None = None
+) -> PipelineSpec:
     """Turn a plain dict (the composed Hydra config, resolved) into a PipelineSpec; problems are
     appended to `issues` (the graph check adds its own before anything is raised)."""
     for k in raw:
@@ -58,14 +62,34 @@ def validate(raw: Mapping[str, Any], issues: list[Issue]) -> PipelineSpec:
     cache_version = str(raw.get("cache_version") or "")
     model = build(KINDS["base"].Config, raw.get("model") or {}, "model", issues)
     launcher = build(LauncherConfig, raw.get("launcher") or {}, "launcher", issues)
+    declared = {
+        **_dataset_info(raw, base_dir or Path.cwd(), issues),
+        **_mapping(raw, "datasets", issues),
+    }
     datasets = {
-        str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues)
-        for n, d in _mapping(raw, "datasets", issues).items()
+        str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues) for n, d in declared.items()
     }
     stages = {str(n): _stage(str(n), d, issues) for n, d in _mapping(raw, "stages", issues).items()}
     if not stages and not issues:
         issues.append(Issue("stages", "no stages to run", "choose a pipeline, e.g. +pipeline=sft"))
     return PipelineSpec(store, cache_version, model, launcher, datasets, stages)  # type: ignore[arg-type]
+
+
+def _dataset_info(raw: Mapping[str, Any], base_dir: Path, issues: list[Issue]) -> dict[str, Any]:
+    """Entries of a LLaMA-Factory dataset_info.json; `datasets` in the config override them."""
+    value = raw.get("dataset_info")
+    if not value:
+        return {}
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_dir():
+        path = path / "dataset_info.json"
+    if not path.is_file():
+        issues.append(Issue("dataset_info", f"file not found: {path}"))
+        return {}
+    entries, problems = read_dataset_info(path)
+    issues += [Issue("dataset_info", p) for p in problems]
+    return entries
 
 
 def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:

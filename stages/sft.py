@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, volatile
+from stages.data.mixing import STRATEGIES
 
 TOKENIZE_FIELDS = (
     "dataset",
@@ -22,6 +23,8 @@ TOKENIZE_FIELDS = (
     "packing",
     "neat_packing",
     "max_samples",
+    "mix_strategy",
+    "interleave_probs",
     "val_size",
     "bad_rows",
 )
@@ -30,7 +33,7 @@ TOKENIZE_FIELDS = (
 @dataclass
 class SftConfig:
     # data (forwarded to the implicit `tokenize` node)
-    dataset: str = "demo_sft"
+    dataset: str | list[str] = "demo_sft"
     template: str | None = None
     custom_template: dict | None = None
     cutoff_len: int = 512
@@ -39,6 +42,8 @@ class SftConfig:
     packing: bool = False
     neat_packing: bool = False
     max_samples: int | None = None
+    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
+    interleave_probs: list[float] | None = None
     val_size: float = 0.0
     bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
     # method

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, UserError
+from stages.data.mixing import STRATEGIES
 
 BAD_ROWS = ("error", "skip")
 
 
 @dataclass
 class TokenizeConfig:
-    dataset: str = "demo_sft"  # a name in `datasets`
+    dataset: str | list[str] = "demo_sft"  # a name in `datasets`, or several (mixed)
     template: str | None = None  # None: the tokenizer's own chat template
     custom_template: dict | None = None  # slots: system / user / assistant / tool / generation
     cutoff_len: int = 512
@@ -22,7 +23,9 @@ class TokenizeConfig:
     mask_history: bool = False  # train on the last assistant turn only
     packing: bool = False
     neat_packing: bool = False  # packed examples cannot attend to each other
-    max_samples: int | None = None
+    max_samples: int | None = None  # per dataset
+    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
+    interleave_probs: list[float] | None = None
     val_size: float = 0.0  # a fraction (< 1) or a count of validation examples
     bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
     seed: int = 42
@@ -39,6 +42,7 @@ class TokenizeStage:
         "data/templates.py",
         "data/encode.py",
         "data/packing.py",
+        "data/mixing.py",
         "model/loading.py",
     )
     dataset_fields: ClassVar[tuple[str, ...]] = ("dataset",)
@@ -56,56 +60,22 @@ class TokenizeStage:
 
     def run(self, ctx: Context, cfg: TokenizeConfig) -> None:
         from datasets import Dataset
-        from tqdm import tqdm
 
-        from stages.data.encode import IGNORE, encode, truncate
-        from stages.data.formats import to_example
+        from stages.data.encode import IGNORE
+        from stages.data.mixing import mix
         from stages.data.packing import pack, padding_fraction
-        from stages.data.sources import iter_rows
         from stages.data.templates import apply_template
         from stages.model.loading import load_tokenizer
 
-        entry = ctx.datasets["dataset"]
         tokenizer = load_tokenizer(ctx.inputs["model"])
         template = apply_template(tokenizer, cfg.template, cfg.custom_template)
-        examples: list[dict[str, list[int]]] = []
         counts = {"truncated": 0, "dropped": 0, "skipped": 0}
-        skipped: list[str] = []
-        rows = iter_rows(entry)
-        for n, (where, row) in enumerate(tqdm(rows, desc=f"tokenize {entry['name']}", unit="row")):
-            if cfg.max_samples is not None and n >= cfg.max_samples:
-                break
-            try:
-                example = to_example(row, entry, where)
-                if example.kind != "supervised":
-                    raise UserError(
-                        f"{where}: a {example.kind} example; sft needs a prompt and a response"
-                    )
-            except UserError as e:
-                if cfg.bad_rows == "error":
-                    raise
-                counts["skipped"] += 1
-                skipped.append(str(e))
-                continue
-            ids, labels = encode(
-                tokenizer,
-                example.messages,
-                train_on_prompt=cfg.train_on_prompt,
-                mask_history=cfg.mask_history,
-                tools=example.tools or None,
-            )
-            if len(ids) > cfg.cutoff_len:
-                counts["truncated"] += 1
-                ids, labels = truncate(ids, labels, cfg.cutoff_len)
-            if all(x == IGNORE for x in labels):
-                counts["dropped"] += 1  # nothing left to learn from after truncation
-                continue
-            examples.append({"input_ids": ids, "labels": labels})
-        if skipped:
-            ctx.log.warning("skipped %d bad rows, e.g. %s", len(skipped), "; ".join(skipped[:3]))
+        parts = [_encode_entry(e, tokenizer, cfg, counts, ctx) for e in ctx.datasets["dataset"]]
+        examples = mix(parts, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
         if not examples:
+            names = ", ".join(e["name"] for e in ctx.datasets["dataset"])
             raise UserError(
-                f"dataset '{entry['name']}': no usable examples (cutoff_len {cfg.cutoff_len} too small?)"
+                f"dataset '{names}': no usable examples (cutoff_len {cfg.cutoff_len} too small?)"
             )
         train, val = split(examples, cfg.val_size, cfg.seed)
         lengths = [len(e["input_ids"]) for e in train]
@@ -125,6 +95,55 @@ class TokenizeStage:
             padding_packed=round(padding_fraction([len(r["input_ids"]) for r in train], 8), 4),
             **counts,
         )
+
+
+def _encode_entry(
+    entry: dict[str, Any], tokenizer: Any, cfg: TokenizeConfig, counts: dict, ctx: Context
+) -> list[dict[str, list[int]]]:
+    """Tokenize one dataset; bad rows raise (or, with bad_rows=skip, are counted)."""
+    from tqdm import tqdm
+
+    from stages.data.encode import IGNORE, encode, truncate
+    from stages.data.formats import to_example
+    from stages.data.sources import iter_rows
+
+    examples = []
+    skipped: list[str] = []
+    rows = tqdm(iter_rows(entry), desc=f"tokenize {entry['name']}", unit="row")
+    for n, (where, row) in enumerate(rows):
+        if cfg.max_samples is not None and n >= cfg.max_samples:
+            break
+        try:
+            example = to_example(row, entry, where)
+            if example.kind != "supervised":
+                raise UserError(
+                    f"{where}: a {example.kind} example; sft needs a prompt and a response"
+                )
+        except UserError as e:
+            if cfg.bad_rows == "error":
+                raise
+            skipped.append(str(e))
+            continue
+        ids, labels = encode(
+            tokenizer,
+            example.messages,
+            train_on_prompt=cfg.train_on_prompt,
+            mask_history=cfg.mask_history,
+            tools=example.tools or None,
+        )
+        if len(ids) > cfg.cutoff_len:
+            counts["truncated"] += 1
+            ids, labels = truncate(ids, labels, cfg.cutoff_len)
+        if all(x == IGNORE for x in labels):
+            counts["dropped"] += 1  # nothing left to learn from after truncation
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    counts["skipped"] += len(skipped)
+    if skipped:
+        ctx.log.warning(
+            "%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), "; ".join(skipped[:3])
+        )
+    return examples
 
 
 def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:

@@ -87,7 +87,7 @@ def test_sft_gets_implicit_base_and_tokenize_nodes(tmp_path: Path, data: Path) -
     assert list(nx.topological_sort(g)) == ["base", "tokenize:d", "sft"]
     tok = g.nodes["tokenize:d"]["node"]
     assert tok.implicit and tok.inputs == {"model": "base"}
-    assert tok.datasets["dataset"]["path"] == str(data)
+    assert [e["path"] for e in tok.datasets["dataset"]] == [str(data)]
     assert g.nodes["sft"]["node"].inputs == {"model": "base", "data": "tokenize:d"}
 
 

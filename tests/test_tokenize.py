@@ -78,7 +78,7 @@ def run_stage(tmp_path: Path, tokenizer, rows: list, cfg: TokenizeConfig, **entr
         out=out,
         work=tmp_path / "work",
         inputs={"model": model_dir},
-        datasets={"dataset": {"name": "d", "path": str(data), "formatting": "alpaca", **entry}},
+        datasets={"dataset": [{"name": "d", "path": str(data), "formatting": "alpaca", **entry}]},
     )
     TokenizeStage().run(ctx, cfg)
     return ctx
