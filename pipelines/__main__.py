@@ -14,6 +14,8 @@ USAGE = """usage: python -m pipelines <verb> [args]
   show <stage|key>      one artifact's manifest, metrics and lineage
   ls                    the artifacts in the store
   gc [--yes]            remove artifacts no run record references (dry run without --yes)
+  data preview <dataset> [-n N] [--template T] [overrides]
+                        render examples through the template, trained tokens marked
 
 examples:
   python -m pipelines run +pipeline=sft
@@ -34,6 +36,10 @@ def main(argv: list[str]) -> int:
         from pipelines.inspect import inspect_main
 
         return inspect_main(verb, rest)
+    if verb == "data" and rest[:1] == ["preview"]:
+        from pipelines.preview import preview_main
+
+        return preview_main(rest[1:])
     print(f"pipelines: unknown verb '{verb}'\n\n{USAGE}", file=sys.stderr)
     return 2
 

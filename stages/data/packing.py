@@ -1,4 +1,4 @@
-"""Pack tokenized examples into `cutoff_len` blocks (greedy first-fit, longest first).
+"""Pack tokenized examples into `cutoff_len` blocks (greedy best-fit, longest first).
 
 No example is split. With `neat`, position ids restart at each example; transformers then builds
 a block-diagonal causal mask from them (no attention across examples) when no attention mask is
@@ -7,25 +7,27 @@ passed, on SDPA / eager (CPU) and flash-attention alike.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 from stages.data.encode import IGNORE
 
 
 def pack(examples: list[dict[str, list[int]]], cutoff: int, neat: bool) -> list[dict[str, Any]]:
+    """Best-fit decreasing: each example, longest first, goes to the fullest block it fits."""
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     bins: list[list[int]] = []
-    room: list[int] = []
+    free: list[tuple[int, int]] = []  # (room left, bin index), kept sorted
     for i in order:
         n = len(examples[i]["input_ids"])
-        for b, free in enumerate(room):
-            if n <= free:
-                bins[b].append(i)
-                room[b] -= n
-                break
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, b = free.pop(at)
         else:
-            bins.append([i])
-            room.append(cutoff - n)
+            room, b = cutoff, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        bisect.insort(free, (room - n, b))
     return [_block([examples[i] for i in sorted(b)], neat) for b in bins]
 
 
