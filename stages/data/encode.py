@@ -25,14 +25,31 @@ def render(
 def assistant_spans(
     tokenizer: Any, msgs: list[dict[str, str]], tools: Any = None
 ) -> list[tuple[int, int]]:
-    """Character spans of each assistant reply (with its end-of-turn markers) in the full render."""
+    """Character spans of each assistant reply (with its end-of-turn markers) in the full render.
+
+    Where the render through a reply is not a prefix of the full render (Phi-3 closes the whole
+    conversation with an eos), the reply ends where their tokens stop agreeing.
+    """
+    full = render(tokenizer, msgs, tools=tools)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] == "assistant":
             start = len(render(tokenizer, msgs[:i], generation=True, tools=tools))
-            end = len(render(tokenizer, msgs[: i + 1], tools=tools))
+            upto = render(tokenizer, msgs[: i + 1], tools=tools)
+            end = len(upto) if full.startswith(upto) else _agreeing_prefix(tokenizer, upto, full)
             spans.append((start, end))
     return spans
+
+
+def _agreeing_prefix(tokenizer: Any, a: str, b: str) -> int:
+    """Characters of `b` covered by the tokens it shares with `a` from the start."""
+    ids_a = tokenizer(a, add_special_tokens=False)["input_ids"]
+    enc_b = tokenizer(b, add_special_tokens=False, return_offsets_mapping=True)
+    pairs = zip(ids_a, enc_b["input_ids"], strict=False)
+    k = next(
+        (t for t, (x, y) in enumerate(pairs) if x != y), min(len(ids_a), len(enc_b["input_ids"]))
+    )
+    return enc_b["offset_mapping"][k - 1][1] if k else 0
 
 
 def encode(
@@ -75,3 +92,28 @@ def truncate(ids: list[int], labels: list[int], cutoff: int) -> tuple[list[int],
     if left > start - cutoff // 4:
         left = max(0, start - cutoff // 4)  # keep a quarter of the window for its prompt
     return ids[left : left + cutoff], labels[left : left + cutoff]
+
+
+def encode_preference(
+    tokenizer: Any, prompt: list[dict[str, str]], chosen: str, rejected: str
+) -> dict[str, list[int]]:
+    """Prompt ids (with the generation prompt) shared by both replies, and each reply's ids
+    (through its end-of-turn markers), so that prompt + reply renders the full conversation."""
+    prompt_text = render(tokenizer, prompt, generation=True)
+    out = {"prompt_ids": _ids(tokenizer, prompt_text)}
+    for side, reply in (("chosen", chosen), ("rejected", rejected)):
+        full = render(tokenizer, [*prompt, {"role": "assistant", "content": reply}])
+        if not full.startswith(prompt_text):
+            raise ValueError("the chat template does not render the prompt as a prefix")
+        out[f"{side}_ids"] = _ids(tokenizer, full[len(prompt_text) :])
+    return out
+
+
+def encode_kto(tokenizer: Any, msgs: list[dict[str, str]], desirable: bool) -> dict[str, Any]:
+    """Supervised ids and labels for the last reply, with its KTO label kept."""
+    ids, labels = encode(tokenizer, msgs, mask_history=True)
+    return {"input_ids": ids, "labels": labels, "kto_tag": desirable}
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
