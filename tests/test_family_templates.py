@@ -31,7 +31,7 @@ def test_ids_and_assistant_only_labels(family: str, msgs: list) -> None:
     replies = [m["content"] for m in msgs if m["role"] == "assistant"]
     want = "".join(START.get(family, "") + r + END[family] for r in replies) + TAIL.get(family, "")
     assert trained(tok, ids, labels) == want
-    assert all(lab == IGNORE or lab == i for i, lab in zip(ids, labels, strict=True))
+    assert all(lab in (IGNORE, i) for i, lab in zip(ids, labels, strict=True))
     _, last_only = encode(tok, msgs, mask_history=True)
     last = START.get(family, "") + replies[-1] + END[family] + TAIL.get(family, "")
     assert trained(tok, ids, last_only) == last
