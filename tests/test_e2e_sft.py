@@ -190,3 +190,30 @@ def test_two_processes_at_once_compute_upstream_once(tmp_path: Path) -> None:
     assert ran(store, "base") == 1 and ran(store, "tokenize:demo_sft") == 1
     assert ran(store, "sft") == 2
     assert len(list((store / "artifacts" / "base").iterdir())) == 1
+
+
+def test_plan_after_a_tokenize_option_changes_reruns_tokenize_and_below(trained: Path) -> None:
+    result = pipelines("plan", *FAST, "stages.sft.cutoff_len=64", cwd=trained)
+    lines = result.stdout.splitlines()
+    assert "base: cached" in lines
+    assert "tokenize:demo_sft: run (cutoff_len 128 -> 64)" in lines
+    assert "sft: run (upstream changed (tokenize:demo_sft))" in lines
+
+
+def test_editing_one_byte_of_a_data_file_reruns_its_tokenization(tmp_path: Path) -> None:
+    data = tmp_path / "mine.jsonl"
+    data.write_text((ROOT / "stages/data/demo/sft.jsonl").read_text())
+    args = [
+        *FAST,
+        "+datasets.mine.path=mine.jsonl",
+        "stages.sft.dataset=mine",
+        "stages.sft.max_steps=2",
+    ]
+    assert pipelines("run", *args, cwd=tmp_path).returncode == 0
+    assert set(pipelines("plan", *args, cwd=tmp_path).stdout.split()) >= {"cached"}
+    text = data.read_text()
+    data.write_text(text.replace('"olak"', '"olaK"', 1))
+    lines = pipelines("plan", *args, cwd=tmp_path).stdout.splitlines()
+    assert "base: cached" in lines
+    assert "tokenize:mine: run (data changed (dataset))" in lines
+    assert "sft: run (upstream changed (tokenize:mine))" in lines
