@@ -36,8 +36,10 @@ def generated(path: Path, rows: int) -> None:
             )
 
 
-def measure(tmp: Path, data: Path, name: str, packing: bool, quiet: bool = False) -> None:
-    out = tmp / f"out-{name}-{packing}"
+def measure(
+    tmp: Path, data: Path, name: str, packing: bool, quiet: bool = False, num_proc: int = 1
+) -> None:
+    out = tmp / f"out-{name}-{packing}-{num_proc}"
     out.mkdir(exist_ok=True)
     ctx = Context(
         name="bench",
@@ -48,14 +50,16 @@ def measure(tmp: Path, data: Path, name: str, packing: bool, quiet: bool = False
         datasets={"dataset": [{"name": name, "path": str(data), "formatting": "alpaca"}]},
     )
     t0 = time.perf_counter()
-    TokenizeStage().run(ctx, TokenizeConfig(cutoff_len=256, neat_packing=packing))
+    TokenizeStage().run(
+        ctx, TokenizeConfig(cutoff_len=256, neat_packing=packing, num_proc=num_proc)
+    )
     wall = time.perf_counter() - t0
     m = ctx.metrics
     if quiet:
         return
     pad = m["padding_packed"] if packing else m["padding_unpacked"]
     print(
-        f"{name:10s} packing={'neat' if packing else 'off ':4s} rows {m['examples']:7d}  "
+        f"{name:10s} packing={'neat' if packing else 'off ':4s} num_proc={num_proc} rows {m['examples']:7d}  "
         f"{m['examples'] / wall:9.0f} rows/s  {m['tokens'] / wall:10.0f} tokens/s  "
         f"padding {pad:6.1%}  ({m['rows']} rows of <= 256 tokens, {wall:.1f} s)"
     )
@@ -75,6 +79,7 @@ def main() -> None:
         for name, data in (("demo", demo), (f"gen{args.rows // 1000}k", big)):
             for packing in (False, True):
                 measure(tmp, data, name, packing)
+        measure(tmp, big, f"gen{args.rows // 1000}k", False, num_proc=2)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import networkx as nx
 from compiler.errors import CompileError, Issue, did_you_mean
 from compiler.schema import PipelineSpec
 from stages import KINDS
+from stages.base import semantic_fields
 
 BASE = "base"
 
@@ -114,9 +115,18 @@ def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
             node.name = name
             nodes[name] = node
             return name
-        if other.implicit and other.config == node.config and other.inputs == node.inputs:
+        if (
+            other.implicit
+            and _same_semantics(other.config, node.config)
+            and other.inputs == node.inputs
+        ):
             return name
     raise AssertionError("unreachable: the consumer-qualified name is unique")
+
+
+def _same_semantics(a: Any, b: Any) -> bool:
+    """Equal in every keyed field (volatile ones such as num_proc may differ)."""
+    return all(getattr(a, f) == getattr(b, f) for f in semantic_fields(type(a)))
 
 
 def _resolve_datasets(node: Node, spec: PipelineSpec, base_dir: Path, issues: list) -> None:

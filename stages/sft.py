@@ -27,6 +27,7 @@ TOKENIZE_FIELDS = (
     "interleave_probs",
     "val_size",
     "bad_rows",
+    "num_proc",
 )
 
 
@@ -46,6 +47,7 @@ class SftConfig:
     interleave_probs: list[float] | None = None
     val_size: float = 0.0
     bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
+    num_proc: int = volatile(1)
     # method
     finetuning_type: str = field(default="lora", metadata={"choices": ("lora", "full")})
     lora_rank: int = 8

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, SFT_DATA, Context, In, UserError
+from stages.base import MODEL, SFT_DATA, Context, In, UserError, volatile
 from stages.data.mixing import STRATEGIES
 
 BAD_ROWS = ("error", "skip")
@@ -29,6 +29,7 @@ class TokenizeConfig:
     val_size: float = 0.0  # a fraction (< 1) or a count of validation examples
     bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
     seed: int = 42
+    num_proc: int = volatile(1)  # tokenizer processes: faster, same bytes
 
 
 class TokenizeStage:
@@ -101,16 +102,31 @@ def _encode_entry(
     entry: dict[str, Any], tokenizer: Any, cfg: TokenizeConfig, counts: dict, ctx: Context
 ) -> list[dict[str, list[int]]]:
     """Tokenize one dataset; bad rows raise (or, with bad_rows=skip, are counted)."""
-    from tqdm import tqdm
+    from stages.data.encode import IGNORE, truncate
 
-    from stages.data.encode import IGNORE, encode, truncate
+    chats = _supervised_rows(entry, cfg, counts, ctx)
+    examples = []
+    for ids, labels in _encode_chats(tokenizer, chats, cfg, entry["name"]):
+        if len(ids) > cfg.cutoff_len:
+            counts["truncated"] += 1
+            ids, labels = truncate(ids, labels, cfg.cutoff_len)
+        if all(x == IGNORE for x in labels):
+            counts["dropped"] += 1  # nothing left to learn from after truncation
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+def _supervised_rows(
+    entry: dict[str, Any], cfg: TokenizeConfig, counts: dict, ctx: Context
+) -> list:
+    """(messages, tools) per usable row, in order; every bad row named or counted."""
     from stages.data.formats import to_example
     from stages.data.sources import iter_rows
 
-    examples = []
+    chats = []
     skipped: list[str] = []
-    rows = tqdm(iter_rows(entry), desc=f"tokenize {entry['name']}", unit="row")
-    for n, (where, row) in enumerate(rows):
+    for n, (where, row) in enumerate(iter_rows(entry)):
         if cfg.max_samples is not None and n >= cfg.max_samples:
             break
         try:
@@ -124,26 +140,47 @@ def _encode_entry(
                 raise
             skipped.append(str(e))
             continue
-        ids, labels = encode(
-            tokenizer,
-            example.messages,
-            train_on_prompt=cfg.train_on_prompt,
-            mask_history=cfg.mask_history,
-            tools=example.tools or None,
-        )
-        if len(ids) > cfg.cutoff_len:
-            counts["truncated"] += 1
-            ids, labels = truncate(ids, labels, cfg.cutoff_len)
-        if all(x == IGNORE for x in labels):
-            counts["dropped"] += 1  # nothing left to learn from after truncation
-            continue
-        examples.append({"input_ids": ids, "labels": labels})
+        chats.append((example.messages, example.tools or None))
     counts["skipped"] += len(skipped)
     if skipped:
         ctx.log.warning(
             "%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), "; ".join(skipped[:3])
         )
-    return examples
+    return chats
+
+
+def _encode_chats(tokenizer: Any, chats: list, cfg: TokenizeConfig, name: str) -> list:
+    """encode() over every chat, in `num_proc` processes when asked, with a progress bar."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    options = {"train_on_prompt": cfg.train_on_prompt, "mask_history": cfg.mask_history}
+    bar = {"desc": f"tokenize {name}", "unit": "row", "total": len(chats)}
+    if cfg.num_proc <= 1 or len(chats) < 1000:
+        return [_encode_one(tokenizer, c, options) for c in tqdm(chats, **bar)]
+    with multiprocessing.get_context("fork").Pool(
+        cfg.num_proc, initializer=_worker_init, initargs=(tokenizer, options)
+    ) as pool:
+        return list(tqdm(pool.imap(_worker_encode, chats, chunksize=256), **bar))
+
+
+def _encode_one(tokenizer: Any, chat: tuple, options: dict) -> tuple[list[int], list[int]]:
+    from stages.data.encode import encode
+
+    msgs, tools = chat
+    return encode(tokenizer, msgs, tools=tools, **options)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(tokenizer: Any, options: dict) -> None:
+    _WORKER.update(tokenizer=tokenizer, options=options)
+
+
+def _worker_encode(chat: tuple) -> tuple[list[int], list[int]]:
+    return _encode_one(_WORKER["tokenizer"], chat, _WORKER["options"])
 
 
 def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:

@@ -66,6 +66,7 @@ def test_split_holds_out_a_fraction_or_a_count_deterministically() -> None:
 
 
 def run_stage(tmp_path: Path, tokenizer, rows: list, cfg: TokenizeConfig, **entry) -> Context:  # type: ignore[no-untyped-def]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     model_dir = tmp_path / "model"
     tokenizer.save_pretrained(model_dir)
     data = tmp_path / "d.jsonl"
@@ -148,3 +149,23 @@ def test_skip_policy_counts_what_it_skipped(tmp_path: Path, tokenizer) -> None: 
     ]
     ctx = run_stage(tmp_path, tokenizer, rows, TokenizeConfig(bad_rows="skip"))
     assert ctx.metrics["skipped"] == 2 and ctx.metrics["examples"] == 1
+
+
+def test_num_proc_gives_the_same_bytes(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from datasets import load_from_disk
+
+    rows = [{"instruction": f"What is {i} + 1?", "output": str(i + 1)} for i in range(1500)]
+    one = run_stage(tmp_path / "one", tokenizer, rows, TokenizeConfig(num_proc=1))
+    two = run_stage(tmp_path / "two", tokenizer, rows, TokenizeConfig(num_proc=2))
+    a, b = load_from_disk(str(one.out / "train")), load_from_disk(str(two.out / "train"))
+    assert a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"]
+    assert one.metrics == two.metrics
+
+
+def test_text_is_concatenated_into_blocks_with_eos(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from stages.data.encode import text_blocks
+
+    blocks, dropped = text_blocks(tokenizer, ["abc", "de"], block_size=3)
+    eos = tokenizer.eos_token_id
+    assert blocks == [tokenizer("abc")["input_ids"], [eos, *tokenizer("de")["input_ids"]]]
+    assert dropped == 1  # the last eos did not fill a block

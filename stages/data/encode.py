@@ -117,3 +117,14 @@ def encode_kto(tokenizer: Any, msgs: list[dict[str, str]], desirable: bool) -> d
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def text_blocks(tokenizer: Any, texts: list[str], block_size: int) -> tuple[list[list[int]], int]:
+    """Pre-training blocks: each document's ids plus eos, concatenated, cut into `block_size`
+    pieces; returns (blocks, tokens dropped from the incomplete last block)."""
+    stream: list[int] = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for text in texts:
+        stream += _ids(tokenizer, text) + eos
+    n = len(stream) // block_size * block_size
+    return [stream[i : i + block_size] for i in range(0, n, block_size)], len(stream) - n
