@@ -1,4 +1,4 @@
-"""`sft`: supervised fine-tuning (LoRA or full) with the transformers Trainer, resumable.
+"""`sft`: supervised fine-tuning (full, freeze or LoRA) with the transformers Trainer, resumable.
 
 Checkpoints go to the work dir, each marked complete only after the Trainer finished writing it;
 a rerun after a crash resumes from the latest complete one with optimizer, scheduler and RNG state.
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, volatile
 from stages.data.mixing import STRATEGIES
+from stages.model.adapters import METHODS
 
 TOKENIZE_FIELDS = (
     "dataset",
@@ -49,17 +50,28 @@ class SftConfig:
     bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
     num_proc: int = volatile(1)
     # method
-    finetuning_type: str = field(default="lora", metadata={"choices": ("lora", "full")})
+    finetuning_type: str = field(default="lora", metadata={"choices": METHODS})
+    freeze_trainable_layers: int = 2  # last N decoder layers (first N when negative)
+    freeze_trainable_modules: str | list[str] = "all"
+    freeze_extra_modules: list[str] | None = None
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target: str | list[str] = "all"
+    use_rslora: bool = False
+    use_dora: bool = False
+    pissa_init: bool = False
+    loraplus_lr_ratio: float | None = None
+    additional_target: list[str] | None = None  # modules trained in full beside the adapter
+    neftune_noise_alpha: float | None = None
+    gradient_checkpointing: bool = False
     # optimisation
     learning_rate: float = 1e-4
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     num_train_epochs: float = 1.0
     max_steps: int = -1
+    optim: str = "adamw_torch"
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -80,7 +92,7 @@ class SftStage:
         "data": In(SFT_DATA, implicit="tokenize", forwards=TOKENIZE_FIELDS),
     }
     output: ClassVar[str] = MODEL
-    code: ClassVar[tuple[str, ...]] = ("model/loading.py", "data/collate.py")
+    code: ClassVar[tuple[str, ...]] = ("model/loading.py", "model/adapters.py", "data/collate.py")
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "train_loss"
@@ -90,12 +102,21 @@ class SftStage:
         from transformers import Trainer
 
         from stages.data.collate import collate
+        from stages.model.adapters import (
+            loraplus_optimizer,
+            remember_pissa_init,
+            save_trained,
+            trainable_model,
+        )
         from stages.model.loading import load_tokenizer, write_model_json
 
         upstream = ctx.inputs["model"]
         tokenizer = load_tokenizer(upstream)
-        model, base_key = _trainable_model(ctx, cfg)
+        resolve = ctx.resolve or (lambda key: upstream)
+        model, base_key = trainable_model(upstream, cfg, ctx.input_keys.get("model"), resolve)
         model.config.use_cache = False  # no KV cache in training (and neat packing needs none)
+        if cfg.finetuning_type == "lora" and cfg.pissa_init:
+            remember_pissa_init(model, ctx.work)
         data = ctx.inputs["data"]
         if (data / "chat_template.jinja").exists():  # train and serve with the same template
             tokenizer.chat_template = (data / "chat_template.jinja").read_text()
@@ -108,13 +129,16 @@ class SftStage:
             eval_dataset=val,
             data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
             callbacks=[_checkpoint_marker(ctx), _jsonl_logger(ctx)],
+            optimizers=(loraplus_optimizer(model, cfg), None)
+            if cfg.loraplus_lr_ratio
+            else (None, None),
         )
         resume = str(ctx.resume_from) if ctx.resume_from else None
         result = trainer.train(resume_from_checkpoint=resume)
         ctx.metrics.update(train_loss=result.training_loss, steps=result.global_step)
         if val is not None:
             ctx.metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        model.save_pretrained(ctx.out)
+        save_trained(model, ctx.out, cfg, ctx.work)
         tokenizer.save_pretrained(ctx.out)
         if cfg.finetuning_type == "lora":
             write_model_json(ctx.out, "adapter", base=base_key)
@@ -123,36 +147,6 @@ class SftStage:
         log = ctx.work / "train_log.jsonl"
         if log.exists():
             (ctx.out / "train_log.jsonl").write_bytes(log.read_bytes())
-
-
-def _trainable_model(ctx: Context, cfg: SftConfig) -> tuple[Any, str | None]:
-    """The model to train and, for LoRA, the key of the full-weights model it adapts.
-
-    An upstream adapter is continued (LoRA) or merged first (full fine-tuning).
-    """
-    from peft import LoraConfig, get_peft_model
-
-    from stages.model.loading import load_model, merged, read_model_json
-
-    upstream = ctx.inputs["model"]
-    meta = read_model_json(upstream)
-    lora = cfg.finetuning_type == "lora"
-    if meta["format"] == "adapter":
-        assert ctx.resolve is not None
-        model = load_model(upstream, ctx.resolve, trainable_adapter=lora)
-        return (model, meta["base"]) if lora else (merged(model), None)
-    model = load_model(upstream, ctx.resolve or (lambda k: upstream))
-    if not lora:
-        return model, None
-    target = "all-linear" if cfg.lora_target == "all" else cfg.lora_target
-    peft_cfg = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=target,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, peft_cfg), ctx.input_keys.get("model")
 
 
 def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:
@@ -166,7 +160,10 @@ def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
+        optim=cfg.optim,
         lr_scheduler_type=cfg.lr_scheduler_type,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,

@@ -7,6 +7,7 @@ mapped to tokens through the tokenizer's offsets, so the ids are exactly those o
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 IGNORE = -100
@@ -17,6 +18,11 @@ def render(
 ) -> str:
     if not msgs:
         return ""
+    if isinstance(tools, str):  # datasets keep tools as JSON text; templates want a list
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            tools = None
     return tokenizer.apply_chat_template(
         msgs, tokenize=False, add_generation_prompt=generation, tools=tools or None
     )

@@ -1,0 +1,112 @@
+"""What trains: full weights, a frozen model with a few layers unfrozen, or a PEFT LoRA adapter
+(rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, extra modules to save)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+METHODS = ("lora", "full", "freeze")
+
+
+def trainable_model(
+    upstream: Path, cfg: Any, upstream_key: str | None, resolve: Callable[[str], Path]
+) -> tuple[Any, str | None]:
+    """The model to train and, for LoRA, the key of the full-weights model it adapts.
+
+    An upstream adapter is continued (LoRA) or merged first (full and freeze).
+    """
+    from stages.model.loading import load_model, merged, read_model_json
+
+    meta = read_model_json(upstream)
+    lora = cfg.finetuning_type == "lora"
+    if meta["format"] == "adapter":
+        model = load_model(upstream, resolve, trainable_adapter=lora)
+        if lora:
+            return model, meta["base"]
+        model = merged(model)
+    else:
+        model = load_model(upstream, resolve)
+    if lora:
+        return add_lora(model, cfg), upstream_key
+    if cfg.finetuning_type == "freeze":
+        freeze(
+            model,
+            cfg.freeze_trainable_layers,
+            cfg.freeze_trainable_modules,
+            cfg.freeze_extra_modules,
+        )
+    return model, None
+
+
+def add_lora(model: Any, cfg: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    target = "all-linear" if cfg.lora_target == "all" else cfg.lora_target
+    peft_cfg = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        init_lora_weights="pissa" if cfg.pissa_init else True,
+        modules_to_save=cfg.additional_target,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def freeze(model: Any, layers: int, modules: str | list[str], extra: list[str] | None) -> None:
+    """Train only the last `layers` decoder layers (the first ones when negative), restricted to
+    `modules` (e.g. ["mlp", "self_attn"], or "all"), plus any `extra` non-layer modules."""
+    count = model.config.num_hidden_layers
+    chosen = range(count - layers, count) if layers > 0 else range(-layers)
+    wanted = None if modules == "all" else ([modules] if isinstance(modules, str) else modules)
+    layer_re = re.compile(r"\.layers\.(\d+)\.")
+    for name, param in model.named_parameters():
+        m = layer_re.search(name)
+        in_layer = m is not None and int(m.group(1)) in chosen
+        module_ok = wanted is None or any(f".{w}." in name for w in wanted)
+        is_extra = any(e in name for e in extra or [])
+        param.requires_grad_(bool((in_layer and module_ok) or is_extra))
+
+
+def loraplus_optimizer(model: Any, cfg: Any) -> Any:
+    """LoRA+: B matrices learn `loraplus_lr_ratio` times faster than A."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model=model,
+        optimizer_cls=torch.optim.AdamW,
+        lr=cfg.learning_rate,
+        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+PISSA_INIT = "pissa_init"
+
+
+def remember_pissa_init(model: Any, work: Path) -> None:
+    """PiSSA changes the base weights it adapts; keep the initial adapter so the trained one can
+    be converted into an ordinary LoRA that applies to the untouched base."""
+    init = work / PISSA_INIT
+    if init.exists():
+        return
+    config = model.peft_config["default"]
+    config.init_lora_weights = True
+    model.save_pretrained(str(init))
+    config.init_lora_weights = "pissa"
+
+
+def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
+    if cfg.finetuning_type == "lora" and cfg.pissa_init:
+        model.save_pretrained(
+            str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT)
+        )
+    else:
+        model.save_pretrained(str(out))

@@ -1,0 +1,177 @@
+"""Each fine-tuning method on the tiny model (CPU): what is meant to train changed, the rest did
+not, the loss is finite, and the artifact reloads on its own to the model that was trained."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from stages.base import Context
+from stages.model.loading import load_model, write_model_json
+from stages.model.tiny import build_model
+from stages.sft import SftConfig, SftStage
+from stages.tokenize import TokenizeConfig, TokenizeStage
+
+pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("methods")
+    base = root / "base"
+    build_model(
+        base,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        seed=0,
+    )
+    write_model_json(base, "full")
+    data = root / "data"
+    data.mkdir()
+    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
+    ctx = Context("t", "k", data, root / "twork", {"model": base}, datasets={"dataset": [entry]})
+    TokenizeStage().run(ctx, TokenizeConfig(max_samples=64, cutoff_len=96))
+    return base, data
+
+
+TRAINED: dict[str, object] = {}
+
+
+@pytest.fixture(autouse=True)
+def keep_trained_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember the in-memory model the stage saves, to compare with what reloads."""
+    import stages.model.adapters as adapters
+
+    real = adapters.save_trained
+
+    def spy(model: object, *args: object) -> None:
+        TRAINED["model"] = model
+        real(model, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(adapters, "save_trained", spy)
+
+
+def train(prepared: tuple[Path, Path], tmp_path: Path, **overrides: object) -> tuple[Context, Path]:
+    base, data = prepared
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = Context(
+        "sft",
+        "k",
+        out,
+        tmp_path / "work",
+        {"model": base, "data": data},
+        input_keys={"model": "base-key"},
+        resolve=lambda key: base,
+    )
+    cfg = SftConfig(
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_steps=100,
+        logging_steps=1,
+        **overrides,
+    )  # type: ignore[arg-type]
+    SftStage().run(ctx, cfg)
+    assert math.isfinite(ctx.metrics["train_loss"])
+    return ctx, base
+
+
+def state(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not before[k].equal(after[k])}
+
+
+def assert_reload_matches(ctx: Context, base: Path) -> None:
+    """The artifact, reloaded on its own through the shared loader (an adapter on the untouched
+    base), gives the logits of the model that was trained."""
+    import torch
+
+    ids = torch.tensor([[5, 9, 14, 20, 33, 41]])
+    trained = TRAINED["model"].eval()  # type: ignore[attr-defined]
+    reloaded = load_model(ctx.out, resolve=lambda key: base).eval()
+    plain = load_model(base, resolve=lambda key: base).eval()
+    with torch.no_grad():
+        want = trained(ids).logits
+        assert torch.allclose(reloaded(ids).logits, want, atol=1e-5)
+        assert not torch.allclose(plain(ids).logits, want, atol=1e-4)  # training moved it
+
+
+def test_full_trains_every_parameter(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    ctx, base = train(prepared, tmp_path, finetuning_type="full")
+    before, after = state(base / "model.safetensors"), state(ctx.out / "model.safetensors")
+    assert changed(before, after) == set(before)
+    assert_reload_matches(ctx, base)
+
+
+def test_freeze_trains_only_the_chosen_layers_and_modules(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ctx, base = train(
+        prepared,
+        tmp_path,
+        finetuning_type="freeze",
+        freeze_trainable_layers=1,
+        freeze_trainable_modules=["mlp"],
+        freeze_extra_modules=["model.norm"],
+    )
+    before, after = state(base / "model.safetensors"), state(ctx.out / "model.safetensors")
+    assert changed(before, after) == {
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+    }
+    assert_reload_matches(ctx, base)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"use_rslora": True},
+        {"use_dora": True},
+        {"pissa_init": True},
+        {"loraplus_lr_ratio": 16.0},
+    ],
+    ids=["lora", "rslora", "dora", "pissa", "loraplus"],
+)
+def test_lora_variants_train_the_adapter_only(
+    prepared: tuple[Path, Path], tmp_path: Path, variant: dict
+) -> None:
+    ctx, base = train(prepared, tmp_path, finetuning_type="lora", lora_rank=4, **variant)
+    assert json.loads((ctx.out / "model.json").read_text()) == {
+        "format": "adapter",
+        "base": "base-key",
+    }
+    adapter = state(ctx.out / "adapter_model.safetensors")
+    lora_b = [k for k in adapter if "lora_B" in k]
+    assert lora_b and all(
+        adapter[k].abs().sum() > 0 for k in lora_b
+    )  # B starts at zero (not PiSSA)
+    assert not (ctx.out / "model.safetensors").exists()  # the base is not copied
+    assert_reload_matches(ctx, base)
+
+
+def test_additional_target_modules_train_in_full(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ctx, base = train(
+        prepared, tmp_path, finetuning_type="lora", lora_rank=4, additional_target=["lm_head"]
+    )
+    adapter = state(ctx.out / "adapter_model.safetensors")
+    assert any("lm_head" in k and "lora" not in k for k in adapter)
+    assert_reload_matches(ctx, base)
