@@ -113,6 +113,9 @@ def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:
         inputs[role] = ref
     body = {k: v for k, v in raw.items() if k != "kind" and k not in stage.inputs}
     config = build(stage.Config, body, path, issues, extra=("kind", *stage.inputs))
+    check = getattr(stage, "check_config", None)
+    if config is not None and check is not None:  # rules between fields, declared by the kind
+        issues += [Issue(f"{path}.{f}", problem) for f, problem in check(config)]
     return StageDecl(name, kind, inputs, config)
 
 
@@ -134,8 +137,9 @@ def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()
         choices = fields[key].metadata.get("choices")
         if not ok:
             issues.append(Issue(f"{path}.{key}", f"expected {_tname(hints[key])}, got {value!r}"))
-        elif choices and converted not in choices:
-            hint = did_you_mean(str(converted), choices) or f"one of: {', '.join(choices)}"
+        elif choices and converted is not None and converted not in choices:
+            names = [str(c) for c in choices]
+            hint = did_you_mean(str(converted), names) or f"one of: {', '.join(names)}"
             issues.append(Issue(f"{path}.{key}", f"invalid value {converted!r}", hint))
         else:
             values[key] = converted

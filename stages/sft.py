@@ -63,6 +63,9 @@ class SftConfig:
     pissa_init: bool = False
     loraplus_lr_ratio: float | None = None
     additional_target: list[str] | None = None  # modules trained in full beside the adapter
+    quantization_bit: int | None = field(default=None, metadata={"choices": (4, 8)})
+    quantization_type: str = field(default="nf4", metadata={"choices": ("nf4", "fp4")})
+    double_quantization: bool = True
     neftune_noise_alpha: float | None = None
     gradient_checkpointing: bool = False
     # optimisation
@@ -96,6 +99,16 @@ class SftStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "train_loss"
+
+    @staticmethod
+    def check_config(cfg: SftConfig) -> list[tuple[str, str]]:
+        """Compile-time rules between fields: (field, problem)."""
+        problems = []
+        if cfg.quantization_bit and cfg.finetuning_type != "lora":
+            problems.append(("quantization_bit", "quantised training needs finetuning_type: lora"))
+        if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
+            problems.append(("num_train_epochs", "set num_train_epochs > 0 or max_steps > 0"))
+        return problems
 
     def run(self, ctx: Context, cfg: SftConfig) -> None:
         from datasets import load_from_disk

@@ -38,6 +38,10 @@ CASES = {
         ["model=local", "model.name_or_path=./no/such/model"],
         "config error (1):\n  - model.name_or_path: no such file or directory: {cwd}/no/such/model",
     ),
+    "bad number choice": (
+        ["stages.sft.quantization_bit=3"],
+        "config error (1):\n  - stages.sft.quantization_bit: invalid value 3 (one of: 4, 8)",
+    ),
     "bad choice": (
         ["stages.sft.finetuning_type=lorra"],
         "config error (1):\n"

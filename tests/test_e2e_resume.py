@@ -22,8 +22,12 @@ TRAIN = [
     "stages.sft.max_steps=60",
     "stages.sft.save_steps=5",
     "stages.sft.logging_steps=1",
-    "stages.sft.finetuning_type=lora",
 ]
+METHODS = {
+    "lora": ["stages.sft.finetuning_type=lora"],
+    "full": ["stages.sft.finetuning_type=full"],
+    "qlora": ["stages.sft.finetuning_type=lora", "stages.sft.quantization_bit=4"],
+}
 
 
 def losses(artifact: Path) -> dict[int, float]:
@@ -45,10 +49,14 @@ def complete_checkpoints(store: Path) -> list[Path]:
     return list((store / "work").glob("*/checkpoints/checkpoint-*/.complete"))
 
 
-def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, method: str) -> None:
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra")
+    args = [*TRAIN, *METHODS[method]]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", *TRAIN],
+        [sys.executable, "-m", "pipelines", "run", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -62,19 +70,19 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path) -> N
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
 
-    plan = pipelines("plan", *TRAIN, cwd=tmp_path)
+    plan = pipelines("plan", *args, cwd=tmp_path)
     (line,) = [ln for ln in plan.stdout.splitlines() if ln.startswith("sft: ")]
     assert line.startswith("sft: resume from checkpoint "), plan.stdout
     step = int(line.split("checkpoint ")[1].split()[0])
     assert 0 < step < 60
 
-    resumed = pipelines("run", *TRAIN, cwd=tmp_path)
+    resumed = pipelines("run", *args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed" in resumed.stdout
 
     fresh_dir = tmp_path / "fresh"
     fresh_dir.mkdir()
-    fresh = pipelines("run", *TRAIN, cwd=fresh_dir)
+    fresh = pipelines("run", *args, cwd=fresh_dir)
     assert fresh.returncode == 0, fresh.stderr
     got, want = losses(sft_artifact(tmp_path / "store")), losses(sft_artifact(fresh_dir / "store"))
     assert sorted(got) == sorted(want) == list(range(1, 61))

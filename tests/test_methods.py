@@ -175,3 +175,34 @@ def test_additional_target_modules_train_in_full(
     adapter = state(ctx.out / "adapter_model.safetensors")
     assert any("lm_head" in k and "lora" not in k for k in adapter)
     assert_reload_matches(ctx, base)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_an_adapter_on_a_quantised_base(
+    prepared: tuple[Path, Path], tmp_path: Path, bits: int
+) -> None:
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra")
+    ctx, base = train(
+        prepared, tmp_path, finetuning_type="lora", lora_rank=4, quantization_bit=bits
+    )
+    trained = TRAINED["model"]
+    layer = trained.base_model.model.model.layers[0].mlp.up_proj.base_layer  # type: ignore[attr-defined]
+    assert type(layer).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")
+    adapter = state(ctx.out / "adapter_model.safetensors")
+    assert all(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k)
+    # the adapter applies to the full-precision base it names
+    model = load_model(ctx.out, resolve=lambda key: base)
+    assert type(model.base_model.model.model.layers[0].mlp.up_proj.base_layer).__name__ == "Linear"
+
+
+def test_quantisation_without_lora_is_a_config_error() -> None:
+    from compiler.errors import Issue
+    from compiler.schema import validate
+
+    issues: list[Issue] = []
+    validate(
+        {"stages": {"s": {"kind": "sft", "finetuning_type": "full", "quantization_bit": 4}}}, issues
+    )
+    assert [str(i) for i in issues] == [
+        "stages.s.quantization_bit: quantised training needs finetuning_type: lora"
+    ]

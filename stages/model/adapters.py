@@ -1,5 +1,6 @@
 """What trains: full weights, a frozen model with a few layers unfrozen, or a PEFT LoRA adapter
-(rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, extra modules to save)."""
+(rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, extra modules to save), on a base quantised by
+bitsandbytes for QLoRA."""
 
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ def trainable_model(
 
     meta = read_model_json(upstream)
     lora = cfg.finetuning_type == "lora"
+    quant = quantization(cfg)
     if meta["format"] == "adapter":
-        model = load_model(upstream, resolve, trainable_adapter=lora)
+        model = load_model(upstream, resolve, trainable_adapter=lora, quantization=quant)
         if lora:
             return model, meta["base"]
         model = merged(model)
     else:
-        model = load_model(upstream, resolve)
+        model = load_model(upstream, resolve, quantization=quant)
     if lora:
+        if quant is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
         return add_lora(model, cfg), upstream_key
     if cfg.finetuning_type == "freeze":
         freeze(
@@ -39,6 +45,23 @@ def trainable_model(
             cfg.freeze_extra_modules,
         )
     return model, None
+
+
+def quantization(cfg: Any) -> Any:
+    """QLoRA: the frozen base in 4-bit (nf4 / fp4, optionally double-quantised) or 8-bit."""
+    if not cfg.quantization_bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quantization_type,
+        bnb_4bit_use_double_quant=cfg.double_quantization,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+    )
 
 
 def add_lora(model: Any, cfg: Any) -> Any:

@@ -41,17 +41,30 @@ def load_model(
     *,
     trainable_adapter: bool = False,
     dtype: Any = None,
+    quantization: Any = None,
 ) -> Any:
-    """The model an artifact describes; an adapter's base is loaded first, by key."""
+    """The model an artifact describes; an adapter's base is loaded first, by key.
+    `quantization` (a transformers BitsAndBytesConfig) applies to the full weights."""
     from transformers import AutoModelForCausalLM
 
     meta = read_model_json(path)
     if meta["format"] == "full":
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        extra = (
+            {"quantization_config": quantization, "device_map": _device()} if quantization else {}
+        )
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, dtype=dtype, **extra
+        )
     from peft import PeftModel
 
-    base = merged(load_model(resolve(meta["base"]), resolve, dtype=dtype))
-    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
+    base = load_model(resolve(meta["base"]), resolve, dtype=dtype, quantization=quantization)
+    return PeftModel.from_pretrained(merged(base), str(path), is_trainable=trainable_adapter)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def merged(model: Any) -> Any:
