@@ -115,6 +115,7 @@ class SftStage:
         from transformers import Trainer
 
         from stages.data.collate import collate
+        from stages.data.templates import stop_token_ids
         from stages.model.adapters import (
             loraplus_optimizer,
             remember_pissa_init,
@@ -131,8 +132,13 @@ class SftStage:
         if cfg.finetuning_type == "lora" and cfg.pissa_init:
             remember_pissa_init(model, ctx.work)
         data = ctx.inputs["data"]
-        if (data / "chat_template.jinja").exists():  # train and serve with the same template
-            tokenizer.chat_template = (data / "chat_template.jinja").read_text()
+        if (data / "template.json").exists():  # train and serve with the same template
+            template = json.loads((data / "template.json").read_text())
+            tokenizer.chat_template = template["chat_template"]
+            stops = stop_token_ids(tokenizer, template["stop_words"])
+            if stops:
+                unwrap = getattr(model, "get_base_model", lambda: model)
+                unwrap().generation_config.eos_token_id = stops
         train = load_from_disk(str(data / "train"))
         val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
         trainer = Trainer(

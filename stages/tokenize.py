@@ -3,6 +3,7 @@ fit to `cutoff_len`, optionally packed, split into train / validation."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -85,7 +86,8 @@ class TokenizeStage:
         Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
         if val:
             Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
-        (ctx.out / "chat_template.jinja").write_text(template)
+        (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
+        (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
         ctx.metrics.update(
             examples=len(examples) - len(val),
             validation=len(val),

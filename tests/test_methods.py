@@ -206,3 +206,23 @@ def test_quantisation_without_lora_is_a_config_error() -> None:
     assert [str(i) for i in issues] == [
         "stages.s.quantization_bit: quantised training needs finetuning_type: lora"
     ]
+
+
+def test_stop_words_of_the_template_reach_the_generation_config(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    base, data = prepared
+    custom = tmp_path / "data"
+    shutil.copytree(data, custom)
+    template = json.loads((custom / "template.json").read_text())
+    template["stop_words"] = [*template["stop_words"], "<|im_start|>"]
+    (custom / "template.json").write_text(json.dumps(template))
+    ctx, _ = train((base, custom), tmp_path, finetuning_type="lora", lora_rank=4)
+    from stages.model.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    want = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|im_start|>")]
+    model = load_model(ctx.out, resolve=lambda key: base)
+    assert model.get_base_model().generation_config.eos_token_id == want

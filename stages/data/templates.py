@@ -13,6 +13,7 @@ from stages.base import UserError
 
 # slots: `{content}` is the message text; `default_system` is used when a chat has no system turn
 SLOTS = ("system", "user", "assistant", "tool", "generation", "prefix", "default_system")
+# `custom_template` may also list `stop_words`: where generation stops besides eos
 
 
 def from_slots(s: dict[str, str]) -> str:
@@ -120,19 +121,50 @@ NAMED: dict[str, dict[str, str]] = {
 NAMED["qwen"] = {**NAMED["chatml"], "default_system": "You are a helpful assistant."}
 
 
-def apply_template(tokenizer: Any, name: str | None, slots: dict[str, str] | None) -> str:
-    """Install the chosen template on `tokenizer`; returns its source (keyed and saved)."""
-    if slots:
+STOP_WORDS: dict[str, list[str]] = {
+    "chatml": ["<|im_end|>"],
+    "qwen": ["<|im_end|>"],
+    "llama3": ["<|eot_id|>"],
+    "llama2": ["</s>"],
+    "mistral": ["</s>"],
+    "gemma": ["<end_of_turn>"],
+    "phi": ["<|end|>"],
+    "alpaca": ["</s>"],
+    "vicuna": ["</s>"],
+}
+
+
+def apply_template(
+    tokenizer: Any, name: str | None, custom: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Install the chosen template on `tokenizer`; returns {chat_template, stop_words}, saved with
+    the data and the trained model so that generation renders and stops as training did."""
+    stop: list[str] = []
+    if custom:
+        slots = {k: v for k, v in custom.items() if k != "stop_words"}
         tokenizer.chat_template = from_slots(slots)
+        stop = list(custom.get("stop_words") or [])
     elif name:
         if name not in NAMED:
             raise UserError(
                 f"template: unknown template '{name}' (one of: {', '.join(sorted(NAMED))})"
             )
         tokenizer.chat_template = from_slots(NAMED[name])
+        stop = STOP_WORDS.get(name, [])
     if not tokenizer.chat_template:
         raise UserError(
             "the tokenizer has no chat template: choose one with `template` "
             f"({', '.join(sorted(NAMED))}) or write `custom_template` slots"
         )
-    return tokenizer.chat_template
+    eos = [tokenizer.eos_token] if tokenizer.eos_token else []
+    return {"chat_template": tokenizer.chat_template, "stop_words": list(dict.fromkeys(eos + stop))}
+
+
+def stop_token_ids(tokenizer: Any, stop_words: list[str]) -> list[int]:
+    """Ids of the stop words that are single tokens (what `generate` can stop on)."""
+    ids = []
+    for word in stop_words:
+        found = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(found) == 1:
+            ids.append(found[0])
+    return list(dict.fromkeys(ids))

@@ -127,9 +127,12 @@ def remember_pissa_init(model: Any, work: Path) -> None:
 
 
 def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
+    """Weights (or the adapter) plus the generation config: where generation stops."""
     if cfg.finetuning_type == "lora" and cfg.pissa_init:
         model.save_pretrained(
             str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT)
         )
     else:
         model.save_pretrained(str(out))
+    if cfg.finetuning_type == "lora":  # an adapter's save leaves the generation config out
+        model.get_base_model().generation_config.save_pretrained(str(out))

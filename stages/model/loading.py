@@ -58,7 +58,12 @@ def load_model(
     from peft import PeftModel
 
     base = load_model(resolve(meta["base"]), resolve, dtype=dtype, quantization=quantization)
-    return PeftModel.from_pretrained(merged(base), str(path), is_trainable=trainable_adapter)
+    model = PeftModel.from_pretrained(merged(base), str(path), is_trainable=trainable_adapter)
+    if (Path(path) / "generation_config.json").exists():  # the adapter's stop tokens
+        from transformers import GenerationConfig
+
+        model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(path))
+    return model
 
 
 def _device() -> str:
