@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, volatile
@@ -29,6 +30,7 @@ TOKENIZE_FIELDS = (
     "val_size",
     "bad_rows",
     "num_proc",
+    "streaming",
 )
 
 
@@ -49,6 +51,7 @@ class SftConfig:
     val_size: float = 0.0
     bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
     num_proc: int = volatile(1)
+    streaming: bool = False  # tokenize while training (needs max_steps)
     # method
     finetuning_type: str = field(default="lora", metadata={"choices": METHODS})
     freeze_trainable_layers: int = 2  # last N decoder layers (first N when negative)
@@ -106,12 +109,20 @@ class SftStage:
         problems = []
         if cfg.quantization_bit and cfg.finetuning_type != "lora":
             problems.append(("quantization_bit", "quantised training needs finetuning_type: lora"))
+        if cfg.streaming:
+            for name, bad in (
+                ("max_steps", cfg.max_steps <= 0),
+                ("val_size", cfg.val_size > 0),
+                ("packing", cfg.packing or cfg.neat_packing),
+                ("mix_strategy", cfg.mix_strategy != "concat"),
+            ):
+                if bad:
+                    problems.append((name, f"not available with streaming ({_STREAM_NEEDS[name]})"))
         if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
             problems.append(("num_train_epochs", "set num_train_epochs > 0 or max_steps > 0"))
         return problems
 
     def run(self, ctx: Context, cfg: SftConfig) -> None:
-        from datasets import load_from_disk
         from transformers import Trainer
 
         from stages.data.collate import collate
@@ -139,8 +150,7 @@ class SftStage:
             if stops:
                 unwrap = getattr(model, "get_base_model", lambda: model)
                 unwrap().generation_config.eos_token_id = stops
-        train = load_from_disk(str(data / "train"))
-        val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
+        train, val = _datasets(data, tokenizer, cfg.seed)
         trainer = Trainer(
             model=model,
             args=_training_args(ctx, cfg, has_eval=val is not None),
@@ -166,6 +176,30 @@ class SftStage:
         log = ctx.work / "train_log.jsonl"
         if log.exists():
             (ctx.out / "train_log.jsonl").write_bytes(log.read_bytes())
+
+
+_STREAM_NEEDS = {
+    "max_steps": "a stream has no length: set max_steps",
+    "val_size": "hold out a separate dataset instead",
+    "packing": "packing needs the whole dataset",
+    "mix_strategy": "streams are concatenated",
+}
+
+
+def _datasets(data: Path, tokenizer: Any, seed: int) -> tuple[Any, Any]:
+    """(train, validation or None): tokenized on disk, or a stream tokenized as it is read."""
+    from datasets import IterableDataset, load_from_disk
+
+    from stages.data.examples import stream
+
+    if (data / "stream.json").exists():
+        recipe = json.loads((data / "stream.json").read_text())
+        train = IterableDataset.from_generator(
+            stream, gen_kwargs={"recipe": recipe, "tokenizer": tokenizer}
+        )
+        return train.shuffle(seed=seed, buffer_size=1000), None
+    val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
+    return load_from_disk(str(data / "train")), val
 
 
 def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:

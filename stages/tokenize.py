@@ -31,6 +31,7 @@ class TokenizeConfig:
     bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
     seed: int = 42
     num_proc: int = volatile(1)  # tokenizer processes: faster, same bytes
+    streaming: bool = False  # tokenize while training instead (corpora too large for disk)
 
 
 class TokenizeStage:
@@ -45,6 +46,7 @@ class TokenizeStage:
         "data/encode.py",
         "data/packing.py",
         "data/mixing.py",
+        "data/examples.py",
         "model/loading.py",
     )
     dataset_fields: ClassVar[tuple[str, ...]] = ("dataset",)
@@ -71,6 +73,13 @@ class TokenizeStage:
 
         tokenizer = load_tokenizer(ctx.inputs["model"])
         template = apply_template(tokenizer, cfg.template, cfg.custom_template)
+        (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
+        (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
+        if cfg.streaming:  # the recipe only: training reads and tokenizes the rows as it goes
+            recipe = {"datasets": ctx.datasets["dataset"], "options": _options(cfg)}
+            (ctx.out / "stream.json").write_text(json.dumps(recipe, indent=2))
+            ctx.metrics.update(examples=0, streaming=True)
+            return
         counts = {"truncated": 0, "dropped": 0, "skipped": 0}
         parts = [_encode_entry(e, tokenizer, cfg, counts, ctx) for e in ctx.datasets["dataset"]]
         examples = mix(parts, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
@@ -86,8 +95,6 @@ class TokenizeStage:
         Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
         if val:
             Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
-        (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
-        (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
         ctx.metrics.update(
             examples=len(examples) - len(val),
             validation=len(val),
@@ -104,51 +111,20 @@ def _encode_entry(
     entry: dict[str, Any], tokenizer: Any, cfg: TokenizeConfig, counts: dict, ctx: Context
 ) -> list[dict[str, list[int]]]:
     """Tokenize one dataset; bad rows raise (or, with bad_rows=skip, are counted)."""
-    from stages.data.encode import IGNORE, truncate
+    from stages.data.examples import fit, supervised_chats
 
-    chats = _supervised_rows(entry, cfg, counts, ctx)
-    examples = []
-    for ids, labels in _encode_chats(tokenizer, chats, cfg, entry["name"]):
-        if len(ids) > cfg.cutoff_len:
-            counts["truncated"] += 1
-            ids, labels = truncate(ids, labels, cfg.cutoff_len)
-        if all(x == IGNORE for x in labels):
-            counts["dropped"] += 1  # nothing left to learn from after truncation
-            continue
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples
-
-
-def _supervised_rows(
-    entry: dict[str, Any], cfg: TokenizeConfig, counts: dict, ctx: Context
-) -> list:
-    """(messages, tools) per usable row, in order; every bad row named or counted."""
-    from stages.data.formats import to_example
-    from stages.data.sources import iter_rows
-
-    chats = []
     skipped: list[str] = []
-    for n, (where, row) in enumerate(iter_rows(entry)):
-        if cfg.max_samples is not None and n >= cfg.max_samples:
-            break
-        try:
-            example = to_example(row, entry, where)
-            if example.kind != "supervised":
-                raise UserError(
-                    f"{where}: a {example.kind} example; sft needs a prompt and a response"
-                )
-        except UserError as e:
-            if cfg.bad_rows == "error":
-                raise
-            skipped.append(str(e))
-            continue
-        chats.append((example.messages, example.tools or None))
+    chats = list(supervised_chats(entry, cfg.max_samples, cfg.bad_rows, skipped))
     counts["skipped"] += len(skipped)
     if skipped:
         ctx.log.warning(
             "%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), "; ".join(skipped[:3])
         )
-    return chats
+    fitted = (
+        fit(ids, labels, cfg.cutoff_len, counts)
+        for ids, labels in _encode_chats(tokenizer, chats, cfg, entry["name"])
+    )
+    return [e for e in fitted if e is not None]
 
 
 def _encode_chats(tokenizer: Any, chats: list, cfg: TokenizeConfig, name: str) -> list:
@@ -183,6 +159,11 @@ def _worker_init(tokenizer: Any, options: dict) -> None:
 
 def _worker_encode(chat: tuple) -> tuple[list[int], list[int]]:
     return _encode_one(_WORKER["tokenizer"], chat, _WORKER["options"])
+
+
+def _options(cfg: TokenizeConfig) -> dict[str, Any]:
+    names = ("cutoff_len", "train_on_prompt", "mask_history", "max_samples", "bad_rows")
+    return {n: getattr(cfg, n) for n in names}
 
 
 def split(examples: list, val_size: float, seed: int) -> tuple[list, list]:

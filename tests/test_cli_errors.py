@@ -42,6 +42,12 @@ CASES = {
         ["stages.sft.quantization_bit=3"],
         "config error (1):\n  - stages.sft.quantization_bit: invalid value 3 (one of: 4, 8)",
     ),
+    "streaming rules": (
+        ["stages.sft.streaming=true", "stages.sft.neat_packing=true"],
+        "config errors (2):\n"
+        "  - stages.sft.max_steps: not available with streaming (a stream has no length: set max_steps)\n"
+        "  - stages.sft.packing: not available with streaming (packing needs the whole dataset)",
+    ),
     "bad choice": (
         ["stages.sft.finetuning_type=lorra"],
         "config error (1):\n"

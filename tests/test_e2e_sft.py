@@ -218,3 +218,15 @@ def test_editing_one_byte_of_a_data_file_reruns_its_tokenization(tmp_path: Path)
     assert "base: cached" in lines
     assert "tokenize:mine: run (data changed (dataset))" in lines
     assert "sft: run (upstream changed (tokenize:mine))" in lines
+
+
+def test_streaming_trains_from_a_recipe_without_tokenizing_ahead(tmp_path: Path) -> None:
+    args = ["+pipeline=sft", "stages.sft.streaming=true", "stages.sft.max_steps=4"]
+    result = pipelines("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = records(tmp_path / "store")
+    store = tmp_path / "store" / "artifacts"
+    tok = store / "tokenize" / record["stages"]["tokenize:demo_sft"]["key"]
+    assert (tok / "stream.json").exists() and not (tok / "train").exists()
+    sft = json.loads((store / "sft" / record["stages"]["sft"]["key"] / "manifest.json").read_text())
+    assert sft["metrics"]["steps"] == 4 and sft["metrics"]["train_loss"] > 0

@@ -169,3 +169,21 @@ def test_text_is_concatenated_into_blocks_with_eos(tokenizer) -> None:  # type: 
     eos = tokenizer.eos_token_id
     assert blocks == [tokenizer("abc")["input_ids"], [eos, *tokenizer("de")["input_ids"]]]
     assert dropped == 1  # the last eos did not fill a block
+
+
+def test_streaming_yields_what_tokenize_would_have_written(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    from datasets import load_from_disk
+
+    from stages.data.examples import stream
+
+    rows = [{"instruction": f"Say {'x' * n}", "output": "y" * n} for n in range(1, 30)]
+    full = run_stage(tmp_path / "full", tokenizer, rows, TokenizeConfig(cutoff_len=40))
+    lazy = run_stage(
+        tmp_path / "lazy", tokenizer, rows, TokenizeConfig(cutoff_len=40, streaming=True)
+    )
+    assert not (lazy.out / "train").exists()
+    recipe = json.loads((lazy.out / "stream.json").read_text())
+    streamed = list(stream(recipe, tokenizer))
+    written = load_from_disk(str(full.out / "train"))
+    assert [e["input_ids"] for e in streamed] == written["input_ids"]
+    assert [e["labels"] for e in streamed] == written["labels"]

@@ -1,0 +1,66 @@
+"""Rows -> supervised chats -> fitted token ids: the steps `tokenize` runs over a whole dataset
+and a streaming run applies lazily, one row at a time, while it trains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from stages.base import UserError
+from stages.data.encode import IGNORE, encode, truncate
+from stages.data.formats import to_example
+from stages.data.sources import iter_rows
+
+Chat = tuple[list[dict[str, str]], Any]
+
+
+def supervised_chats(
+    entry: dict[str, Any], max_samples: int | None, bad_rows: str, skipped: list[str]
+) -> Iterator[Chat]:
+    """(messages, tools) per usable row, in order; a bad row raises, or with bad_rows=skip is
+    appended to `skipped` (never dropped silently)."""
+    for n, (where, row) in enumerate(iter_rows(entry)):
+        if max_samples is not None and n >= max_samples:
+            return
+        try:
+            example = to_example(row, entry, where)
+            if example.kind != "supervised":
+                raise UserError(
+                    f"{where}: a {example.kind} example; sft needs a prompt and a response"
+                )
+        except UserError as e:
+            if bad_rows == "error":
+                raise
+            skipped.append(str(e))
+            continue
+        yield example.messages, example.tools or None
+
+
+def fit(ids: list[int], labels: list[int], cutoff: int, counts: dict[str, int]) -> dict | None:
+    """Truncate to `cutoff` (counted); None when nothing trainable is left (counted)."""
+    if len(ids) > cutoff:
+        counts["truncated"] += 1
+        ids, labels = truncate(ids, labels, cutoff)
+    if all(x == IGNORE for x in labels):
+        counts["dropped"] += 1
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def stream(recipe: dict[str, Any], tokenizer: Any) -> Iterator[dict[str, list[int]]]:
+    """Tokenize on the fly from a `stream.json` recipe (datasets, options), dataset after dataset."""
+    opts = recipe["options"]
+    counts = {"truncated": 0, "dropped": 0}
+    for entry in recipe["datasets"]:
+        skipped: list[str] = []
+        for msgs, tools in supervised_chats(entry, opts["max_samples"], opts["bad_rows"], skipped):
+            ids, labels = encode(
+                tokenizer,
+                msgs,
+                tools=tools,
+                train_on_prompt=opts["train_on_prompt"],
+                mask_history=opts["mask_history"],
+            )
+            example = fit(ids, labels, opts["cutoff_len"], counts)
+            if example is not None:
+                yield example
