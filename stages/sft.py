@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from stages.base import MODEL, SFT_DATA, Context, In, volatile
 from stages.data.mixing import STRATEGIES
 from stages.model.adapters import METHODS
+from stages.model.training import PRECISIONS
 
 TOKENIZE_FIELDS = (
     "dataset",
@@ -82,12 +83,14 @@ class SftConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    early_stopping_patience: int | None = None  # evaluations without improvement (needs val_size)
     seed: int = 42
     # recorded, not keyed
     logging_steps: int = volatile(10)
     save_steps: int = volatile(50)
     save_total_limit: int | None = volatile(2)
-    report_to: str = volatile("none")
+    report_to: str = volatile("tensorboard")  # or none, wandb, mlflow, swanlab (when installed)
 
 
 class SftStage:
@@ -98,7 +101,13 @@ class SftStage:
         "data": In(SFT_DATA, implicit="tokenize", forwards=TOKENIZE_FIELDS),
     }
     output: ClassVar[str] = MODEL
-    code: ClassVar[tuple[str, ...]] = ("model/loading.py", "model/adapters.py", "data/collate.py")
+    code: ClassVar[tuple[str, ...]] = (
+        "model/loading.py",
+        "model/adapters.py",
+        "model/training.py",
+        "data/collate.py",
+        "data/examples.py",
+    )
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "train_loss"
@@ -118,6 +127,8 @@ class SftStage:
             ):
                 if bad:
                     problems.append((name, f"not available with streaming ({_STREAM_NEEDS[name]})"))
+        if cfg.early_stopping_patience is not None and not cfg.val_size:
+            problems.append(("early_stopping_patience", "needs a validation split: set val_size"))
         if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
             problems.append(("num_train_epochs", "set num_train_epochs > 0 or max_steps > 0"))
         return problems
@@ -134,6 +145,8 @@ class SftStage:
             trainable_model,
         )
         from stages.model.loading import load_tokenizer, write_model_json
+        from stages.model.training import callbacks, training_args
+        from stages.model.training import train as train_and_record
 
         upstream = ctx.inputs["model"]
         tokenizer = load_tokenizer(upstream)
@@ -153,29 +166,22 @@ class SftStage:
         train, val = _datasets(data, tokenizer, cfg.seed)
         trainer = Trainer(
             model=model,
-            args=_training_args(ctx, cfg, has_eval=val is not None),
+            args=training_args(ctx, cfg, has_eval=val is not None),
             train_dataset=train,
             eval_dataset=val,
             data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
-            callbacks=[_checkpoint_marker(ctx), _jsonl_logger(ctx)],
+            callbacks=callbacks(ctx, cfg, has_eval=val is not None),
             optimizers=(loraplus_optimizer(model, cfg), None)
             if cfg.loraplus_lr_ratio
             else (None, None),
         )
-        resume = str(ctx.resume_from) if ctx.resume_from else None
-        result = trainer.train(resume_from_checkpoint=resume)
-        ctx.metrics.update(train_loss=result.training_loss, steps=result.global_step)
-        if val is not None:
-            ctx.metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        train_and_record(trainer, ctx)
         save_trained(model, ctx.out, cfg, ctx.work)
         tokenizer.save_pretrained(ctx.out)
         if cfg.finetuning_type == "lora":
             write_model_json(ctx.out, "adapter", base=base_key)
         else:
             write_model_json(ctx.out, "full")
-        log = ctx.work / "train_log.jsonl"
-        if log.exists():
-            (ctx.out / "train_log.jsonl").write_bytes(log.read_bytes())
 
 
 _STREAM_NEEDS = {
@@ -200,70 +206,3 @@ def _datasets(data: Path, tokenizer: Any, seed: int) -> tuple[Any, Any]:
         return train.shuffle(seed=seed, buffer_size=1000), None
     val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
     return load_from_disk(str(data / "train")), val
-
-
-def _training_args(ctx: Context, cfg: SftConfig, has_eval: bool) -> Any:
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(ctx.checkpoints),
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        optim=cfg.optim,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        neftune_noise_alpha=cfg.neftune_noise_alpha,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="no",
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=_has_cuda(),
-        disable_tqdm=False,
-    )
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _checkpoint_marker(ctx: Context) -> Any:
-    from transformers import TrainerCallback
-
-    class MarkComplete(TrainerCallback):
-        """The Trainer calls on_save after a checkpoint is fully written: only then mark it."""
-
-        def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            path = ctx.checkpoints / f"checkpoint-{state.global_step}"
-            if path.is_dir() and state.is_world_process_zero:
-                ctx.mark_checkpoint_complete(path)
-
-    return MarkComplete()
-
-
-def _jsonl_logger(ctx: Context) -> Any:
-    from transformers import TrainerCallback
-
-    class JsonlLog(TrainerCallback):
-        """Every logged step, appended to the work dir (kept across resumes, copied at the end)."""
-
-        def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
-            if logs and state.is_world_process_zero:
-                with (ctx.work / "train_log.jsonl").open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    return JsonlLog()

@@ -72,14 +72,15 @@ def train(prepared: tuple[Path, Path], tmp_path: Path, **overrides: object) -> t
         input_keys={"model": "base-key"},
         resolve=lambda key: base,
     )
-    cfg = SftConfig(
-        max_steps=3,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-        save_steps=100,
-        logging_steps=1,
-        **overrides,
-    )  # type: ignore[arg-type]
+    defaults = {
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-2,
+        "save_steps": 100,
+        "logging_steps": 1,
+        "report_to": "none",
+    }
+    cfg = SftConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
     SftStage().run(ctx, cfg)
     assert math.isfinite(ctx.metrics["train_loss"])
     return ctx, base
@@ -226,3 +227,30 @@ def test_stop_words_of_the_template_reach_the_generation_config(
     want = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|im_start|>")]
     model = load_model(ctx.out, resolve=lambda key: base)
     assert model.get_base_model().generation_config.eos_token_id == want
+
+
+def test_validation_loss_is_evaluated_and_metrics_are_recorded(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, _ = prepared
+    data = tmp_path / "data"
+    data.mkdir()
+    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
+    tok_ctx = Context(
+        "t", "k", data, tmp_path / "twork", {"model": base}, datasets={"dataset": [entry]}
+    )
+    TokenizeStage().run(tok_ctx, TokenizeConfig(max_samples=64, cutoff_len=96, val_size=16))
+    ctx, _ = train(
+        (base, data),
+        tmp_path,
+        finetuning_type="full",
+        save_steps=1,
+        early_stopping_patience=2,
+        report_to="tensorboard",
+    )
+    m = ctx.metrics
+    assert math.isfinite(m["eval_loss"]) and m["tokens_seen"] > 0 and m["tokens_per_s"] > 0
+    assert m["peak_memory_mb"] > 0 and m["wall_s"] > 0
+    log = [json.loads(line) for line in (ctx.out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval_loss" in e][:3] == [1, 2, 3]
+    assert list((ctx.out / "tensorboard").rglob("events.out.tfevents.*"))
