@@ -27,6 +27,7 @@ LAUNCHERS = ("inprocess",)  # torchrun and deepspeed come with the distributed i
 class LauncherConfig:
     name: str = field(default="inprocess", metadata={"choices": LAUNCHERS})
     nproc_per_node: int = 1
+    device_memory_gb: float | None = None  # plan warns above this (default: this machine's RAM)
 
 
 @dataclass

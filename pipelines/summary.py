@@ -7,6 +7,7 @@ from typing import Any
 
 import networkx as nx
 
+from compiler.memory import describe, device_memory, stage_memory
 from compiler.plan import Step, fmt
 
 KEY_CHARS = 12
@@ -21,8 +22,9 @@ def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def plan_lines(steps: list[Step], graph: nx.DiGraph) -> list[str]:
-    """`name: status (reason)` per node, with its inputs and key prefix."""
+def plan_lines(steps: list[Step], graph: nx.DiGraph, device_gb: float | None = None) -> list[str]:
+    """`name: status (reason)` per node, with its inputs, key prefix and, for training stages,
+    the estimated peak memory."""
     out = []
     for s in steps:
         ins = ", ".join(f"{r}={src}" for r, src in sorted(s.node.inputs.items()))
@@ -31,6 +33,9 @@ def plan_lines(steps: list[Step], graph: nx.DiGraph) -> list[str]:
             f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
             + (f"  inputs {ins}" if ins else "")
         )
+        parts = stage_memory(graph, s.node.name)
+        if parts is not None:
+            out.append("    " + describe(parts, device_memory(device_gb)))
     return out
 
 

@@ -1,0 +1,149 @@
+"""Estimated peak memory of a training stage, from the model's shape and the stage's config.
+
+weights (by precision or quantisation) + gradients and AdamW state of what trains (by method)
++ activations (by batch, cutoff_len, checkpointing) + logits. A planning figure, not a promise:
+it is printed by `plan` and compared with the target device's memory there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from compiler.graph import Node
+
+GIB = 2**30
+TINY_VOCAB = 100  # the built-in char-level tokenizer (stages/model/tiny.py)
+
+
+@dataclass(frozen=True)
+class Shape:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    tied: bool = True
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of the decoder layers' linear maps (attention and MLP)."""
+        kv = self.hidden // self.heads * self.kv_heads
+        attn = 2 * self.hidden * self.hidden + 2 * self.hidden * kv
+        return self.layers * (attn + 3 * self.hidden * self.intermediate)
+
+    @property
+    def lora_dims(self) -> int:
+        """Sum over linear maps of (in + out): LoRA rank r trains r times this."""
+        kv = self.hidden // self.heads * self.kv_heads
+        attn = 2 * (2 * self.hidden) + 2 * (self.hidden + kv)
+        return self.layers * (attn + 3 * (self.hidden + self.intermediate))
+
+    @property
+    def params(self) -> int:
+        embed = self.vocab * self.hidden * (1 if self.tied else 2)
+        return embed + self.linear_params + self.layers * 2 * self.hidden + self.hidden
+
+
+def shape_of(base: Node) -> Shape | None:
+    """The base model's shape: from the tiny model's config, or a local config.json."""
+    cfg = base.config
+    if "name_or_path" in base.local_paths:
+        file = Path(base.local_paths["name_or_path"]) / "config.json"
+        if not file.is_file():
+            return None
+        c = json.loads(file.read_text())
+        heads = c.get("num_attention_heads", 1)
+        return Shape(
+            c.get("vocab_size", 0),
+            c.get("hidden_size", 0),
+            c.get("num_hidden_layers", 0),
+            heads,
+            c.get("num_key_value_heads", heads),
+            c.get("intermediate_size", 0),
+            c.get("tie_word_embeddings", False),
+        )
+    if cfg.name_or_path != "tiny":
+        return None  # a hub id: nothing local to read
+    return Shape(
+        TINY_VOCAB,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.intermediate_size,
+    )
+
+
+def estimate(shape: Shape, cfg: Any, zero_stage: int = 0) -> dict[str, float]:
+    """Bytes of each part, for one device."""
+    wbytes = {4: 0.5625, 8: 1.0}.get(
+        cfg.quantization_bit or 0, 2.0 if cfg.precision in ("bf16", "fp16") else 4.0
+    )
+    if cfg.finetuning_type == "lora":
+        trainable = cfg.lora_rank * shape.lora_dims
+    elif cfg.finetuning_type == "freeze":
+        trainable = (
+            shape.linear_params
+            * min(abs(cfg.freeze_trainable_layers), shape.layers)
+            // shape.layers
+        )
+    else:
+        trainable = shape.params
+    tokens = cfg.per_device_train_batch_size * cfg.cutoff_len
+    abytes = 2 if cfg.precision in ("bf16", "fp16") else 4
+    per_layer = (
+        tokens * shape.hidden * 17 * abytes
+    )  # attention and MLP intermediates kept for backward
+    layers = 1 if cfg.gradient_checkpointing else shape.layers
+    saved = tokens * shape.hidden * abytes * shape.layers if cfg.gradient_checkpointing else 0
+    shard = {0: 1, 1: 1, 2: 1, 3: 1}[
+        zero_stage
+    ]  # ZeRO sharding comes with the distributed launchers
+    return {
+        "weights": shape.params * wbytes / shard,
+        "gradients": trainable * 4 / shard,
+        "optimizer": trainable * 8 / shard,
+        "activations": per_layer * layers + saved,
+        "logits": tokens * shape.vocab * 4 * 2,
+    }
+
+
+def stage_memory(graph: nx.DiGraph, name: str) -> dict[str, float] | None:
+    """The estimate for a training node (one with a batch size), else None."""
+    node: Node = graph.nodes[name]["node"]
+    if not hasattr(node.config, "per_device_train_batch_size"):
+        return None
+    base = next(
+        (
+            graph.nodes[a]["node"]
+            for a in nx.ancestors(graph, name)
+            if graph.nodes[a]["node"].kind == "base"
+        ),
+        None,
+    )
+    shape = shape_of(base) if base is not None else None
+    return estimate(shape, node.config) if shape is not None else None
+
+
+def device_memory(configured_gb: float | None) -> float:
+    """Bytes of the target device: configured, else this machine's RAM (GPU size needs torch,
+    which planning never imports)."""
+    if configured_gb:
+        return configured_gb * GIB
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def describe(parts: dict[str, float], device: float) -> str:
+    total = sum(parts.values())
+    detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())
+    warn = (
+        f"  WARNING: exceeds the target device ({device / GIB:.1f} GiB)" if total > device else ""
+    )
+    return f"memory ~{total / GIB:.2f} GiB ({detail}){warn}"
