@@ -6,6 +6,7 @@ from pathlib import Path
 
 from compiler.memory import GIB, Shape, describe, estimate
 from stages.sft import SftConfig
+from tests.sizes import DEFAULT
 
 TINY = Shape(vocab=100, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
 
@@ -16,16 +17,7 @@ def test_parameter_counts_match_the_models_they_describe(tmp_path: Path) -> None
     from stages.model.loading import load_model
     from stages.model.tiny import build_model
 
-    facts = build_model(
-        tmp_path,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        seed=0,
-    )
+    facts = build_model(tmp_path, **DEFAULT)
     assert TINY.params == facts["parameters"] == 80448
     model = get_peft_model(
         load_model(tmp_path, lambda k: tmp_path), LoraConfig(r=8, target_modules="all-linear")

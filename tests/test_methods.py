@@ -14,6 +14,7 @@ from stages.model.loading import load_model, write_model_json
 from stages.model.tiny import build_model
 from stages.sft import SftConfig, SftStage
 from stages.tokenize import TokenizeConfig, TokenizeStage
+from tests.sizes import SMALL
 
 pytestmark = pytest.mark.slow
 DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
@@ -23,16 +24,7 @@ DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sf
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("methods")
     base = root / "base"
-    build_model(
-        base,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        seed=0,
-    )
+    build_model(base, **SMALL)
     write_model_json(base, "full")
     data = root / "data"
     data.mkdir()

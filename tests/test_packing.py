@@ -11,6 +11,7 @@ from stages.data.collate import collate
 from stages.data.encode import IGNORE, encode
 from stages.data.packing import pack, padding_fraction
 from stages.model.tiny import build_model, build_tokenizer
+from tests.sizes import SMALL
 
 
 def examples(n: int, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -45,16 +46,7 @@ def test_neat_packed_loss_equals_unpacked_loss(tmp_path: Path, train_on_prompt: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    build_model(
-        tmp_path,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        seed=0,
-    )
+    build_model(tmp_path, **SMALL)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     data = examples(12, seed=1)
     if train_on_prompt:

@@ -8,16 +8,9 @@ import pytest
 
 from stages.model.loading import load_model, load_tokenizer, read_model_json, write_model_json
 from stages.model.tiny import build_model, build_tokenizer
+from tests.sizes import SMALL
 
-SIZE = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-    seed=0,
-)
+SIZE = SMALL
 
 
 @pytest.fixture(scope="module")
