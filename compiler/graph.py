@@ -49,6 +49,7 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
             nodes[decl.name] = Node(decl.name, decl.kind, decl.config, f"stages.{decl.name}")
     for decl in spec.stages.values():
         if decl.config is not None:
+            _inherit_model_defaults(nodes[decl.name], spec.model)
             _wire(nodes[decl.name], decl.inputs, nodes, issues)
     used = {src for n in nodes.values() for src in n.inputs.values()}
     if BASE in nodes and nodes[BASE].implicit and BASE not in used:
@@ -122,6 +123,20 @@ def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
         ):
             return name
     raise AssertionError("unreachable: the consumer-qualified name is unique")
+
+
+def _inherit_model_defaults(node: Node, model: Any) -> None:
+    """Keys a stage leaves unset (None) take the model preset's value (template, LoRA targets)."""
+    if model is None:
+        return
+    own = {f.name for f in dataclasses.fields(node.config)}
+    inherited = {
+        f: getattr(model, f)
+        for f in KINDS["base"].stage_defaults
+        if f in own and getattr(node.config, f) is None and getattr(model, f) is not None
+    }
+    if inherited:
+        node.config = dataclasses.replace(node.config, **inherited)
 
 
 def _same_semantics(a: Any, b: Any) -> bool:

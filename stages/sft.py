@@ -61,7 +61,7 @@ class SftConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target: str | list[str] = "all"
+    lora_target: str | list[str] | None = None  # None: the model preset's targets, else "all"
     use_rslora: bool = False
     use_dora: bool = False
     pissa_init: bool = False

@@ -67,7 +67,7 @@ def quantization(cfg: Any) -> Any:
 def add_lora(model: Any, cfg: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    target = "all-linear" if cfg.lora_target == "all" else cfg.lora_target
+    target = "all-linear" if cfg.lora_target in (None, "all") else cfg.lora_target
     peft_cfg = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
