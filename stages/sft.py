@@ -16,6 +16,8 @@ from stages.data.mixing import STRATEGIES
 from stages.model.adapters import METHODS
 from stages.model.training import PRECISIONS
 
+ATTENTION = ("eager", "sdpa", "flash_attention_2")  # flash-attention-2 where it is installed
+
 TOKENIZE_FIELDS = (
     "dataset",
     "template",
@@ -70,6 +72,8 @@ class SftConfig:
     quantization_bit: int | None = field(default=None, metadata={"choices": (4, 8)})
     quantization_type: str = field(default="nf4", metadata={"choices": ("nf4", "fp4")})
     double_quantization: bool = True
+    attn_implementation: str = field(default="sdpa", metadata={"choices": ATTENTION})
+    rope_scaling: dict | None = None  # e.g. {rope_type: yarn, factor: 4.0} for longer context
     neftune_noise_alpha: float | None = None
     gradient_checkpointing: bool = False
     # optimisation
@@ -179,7 +183,7 @@ class SftStage:
         save_trained(model, ctx.out, cfg, ctx.work)
         tokenizer.save_pretrained(ctx.out)
         if cfg.finetuning_type == "lora":
-            write_model_json(ctx.out, "adapter", base=base_key)
+            write_model_json(ctx.out, "adapter", base=base_key, rope_scaling=cfg.rope_scaling)
         else:
             write_model_json(ctx.out, "full")
 

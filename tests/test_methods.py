@@ -246,3 +246,26 @@ def test_validation_loss_is_evaluated_and_metrics_are_recorded(
     log = [json.loads(line) for line in (ctx.out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "eval_loss" in e][:3] == [1, 2, 3]
     assert list((ctx.out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_rope_scaling_and_attention_choice_reach_the_trained_model(
+    prepared: tuple[Path, Path], tmp_path: Path, method: str
+) -> None:
+    scaling = {"rope_type": "linear", "factor": 2.0}
+    ctx, base = train(
+        prepared,
+        tmp_path,
+        finetuning_type=method,
+        lora_rank=4,
+        rope_scaling=scaling,
+        attn_implementation="eager",
+    )
+    trained = TRAINED["model"]
+    inner = trained.get_base_model() if method == "lora" else trained  # type: ignore[attr-defined]
+    assert inner.config._attn_implementation == "eager"
+    assert inner.model.rotary_emb.rope_type == "linear"
+    reloaded = load_model(ctx.out, resolve=lambda key: base)
+    inner = reloaded.get_base_model() if method == "lora" else reloaded
+    assert inner.model.rotary_emb.rope_type == "linear"  # kept with the artifact
+    assert_reload_matches(ctx, base)

@@ -23,14 +23,19 @@ def trainable_model(
 
     meta = read_model_json(upstream)
     lora = cfg.finetuning_type == "lora"
-    quant = quantization(cfg)
+    options = {
+        "quantization": quantization(cfg),
+        "attn_implementation": cfg.attn_implementation,
+        "rope_scaling": cfg.rope_scaling,
+    }
+    quant = options["quantization"]
     if meta["format"] == "adapter":
-        model = load_model(upstream, resolve, trainable_adapter=lora, quantization=quant)
+        model = load_model(upstream, resolve, trainable_adapter=lora, **options)
         if lora:
             return model, meta["base"]
         model = merged(model)
     else:
-        model = load_model(upstream, resolve, quantization=quant)
+        model = load_model(upstream, resolve, **options)
     if lora:
         if quant is not None:
             from peft import prepare_model_for_kbit_training

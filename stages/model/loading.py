@@ -13,12 +13,18 @@ from typing import Any
 MODEL_JSON = "model.json"
 
 
-def write_model_json(out_dir: Path, fmt: str, base: str | None = None) -> None:
+def write_model_json(
+    out_dir: Path, fmt: str, base: str | None = None, rope_scaling: dict | None = None
+) -> None:
+    """`rope_scaling` is kept for adapters: their base must be loaded with it to match training
+    (full weights carry it in their own config.json)."""
     meta: dict[str, Any] = {"format": fmt}
     if fmt == "adapter":
         if not base:
             raise ValueError("an adapter artifact must name the key of its base model")
         meta["base"] = base
+        if rope_scaling:
+            meta["rope_scaling"] = rope_scaling
     (Path(out_dir) / MODEL_JSON).write_text(json.dumps(meta, sort_keys=True) + "\n")
 
 
@@ -42,28 +48,52 @@ def load_model(
     trainable_adapter: bool = False,
     dtype: Any = None,
     quantization: Any = None,
+    attn_implementation: str | None = None,
+    rope_scaling: dict | None = None,
 ) -> Any:
     """The model an artifact describes; an adapter's base is loaded first, by key.
-    `quantization` (a transformers BitsAndBytesConfig) applies to the full weights."""
-    from transformers import AutoModelForCausalLM
+    `quantization` (a transformers BitsAndBytesConfig) applies to the full weights; `rope_scaling`
+    (rope_type linear / dynamic / yarn / llama3 and its factor) stretches the context."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     meta = read_model_json(path)
     if meta["format"] == "full":
-        extra = (
-            {"quantization_config": quantization, "device_map": _device()} if quantization else {}
+        extra: dict[str, Any] = (
+            {"attn_implementation": attn_implementation} if attn_implementation else {}
         )
+        if quantization:
+            extra.update(quantization_config=quantization, device_map=_device())
+        if rope_scaling:
+            extra["config"] = with_rope_scaling(AutoConfig.from_pretrained(str(path)), rope_scaling)
         return AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, dtype=dtype, **extra
         )
     from peft import PeftModel
 
-    base = load_model(resolve(meta["base"]), resolve, dtype=dtype, quantization=quantization)
+    base = load_model(
+        resolve(meta["base"]),
+        resolve,
+        dtype=dtype,
+        quantization=quantization,
+        attn_implementation=attn_implementation,
+        rope_scaling=rope_scaling or meta.get("rope_scaling"),
+    )
     model = PeftModel.from_pretrained(merged(base), str(path), is_trainable=trainable_adapter)
     if (Path(path) / "generation_config.json").exists():  # the adapter's stop tokens
         from transformers import GenerationConfig
 
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(path))
     return model
+
+
+def with_rope_scaling(config: Any, scaling: dict) -> Any:
+    """Merge a rope scaling dict into the config (transformers 5 `rope_parameters`, or the older
+    `rope_scaling`)."""
+    if getattr(config, "rope_parameters", None) is not None:
+        config.rope_parameters = {**config.rope_parameters, **scaling}
+    else:
+        config.rope_scaling = dict(scaling)
+    return config
 
 
 def _device() -> str:
