@@ -58,17 +58,7 @@ def shape_of(base: Node) -> Shape | None:
         file = Path(base.local_paths["name_or_path"]) / "config.json"
         if not file.is_file():
             return None
-        c = json.loads(file.read_text())
-        heads = c.get("num_attention_heads", 1)
-        return Shape(
-            c.get("vocab_size", 0),
-            c.get("hidden_size", 0),
-            c.get("num_hidden_layers", 0),
-            heads,
-            c.get("num_key_value_heads", heads),
-            c.get("intermediate_size", 0),
-            c.get("tie_word_embeddings", False),
-        )
+        return shape_of_config(json.loads(file.read_text()))
     if cfg.name_or_path != "tiny":
         return None  # a hub id: nothing local to read
     return Shape(
@@ -78,6 +68,20 @@ def shape_of(base: Node) -> Shape | None:
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
         cfg.intermediate_size,
+    )
+
+
+def shape_of_config(c: dict[str, Any]) -> Shape:
+    """From a Hugging Face config.json."""
+    heads = c.get("num_attention_heads", 1)
+    return Shape(
+        c.get("vocab_size", 0),
+        c.get("hidden_size", 0),
+        c.get("num_hidden_layers", 0),
+        heads,
+        c.get("num_key_value_heads", heads),
+        c.get("intermediate_size", 0),
+        c.get("tie_word_embeddings", False),
     )
 
 
