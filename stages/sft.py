@@ -174,6 +174,7 @@ class SftStage:
             train_dataset=train,
             eval_dataset=val,
             data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
+            processing_class=tokenizer,  # counts non-padding tokens where there is no attention mask
             callbacks=callbacks(ctx, cfg, has_eval=val is not None),
             optimizers=(loraplus_optimizer(model, cfg), None)
             if cfg.loraplus_lr_ratio
