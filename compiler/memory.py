@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from compiler.graph import Node
 
 GIB = 2**30
 TINY_VOCAB = 100  # the built-in char-level tokenizer (stages/model/tiny.py)
+RUNTIME = 0.5 * GIB  # torch, transformers and friends resident (CPU), or the CUDA context
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def shape_of_config(c: dict[str, Any]) -> Shape:
     )
 
 
-def estimate(shape: Shape, cfg: Any, zero_stage: int = 0) -> dict[str, float]:
+def estimate(shape: Shape, cfg: Any, zero_shard: int = 1) -> dict[str, float]:
     """Bytes of each part, for one device."""
     wbytes = {4: 0.5625, 8: 1.0}.get(
         cfg.quantization_bit or 0, 2.0 if cfg.precision in ("bf16", "fp16") else 4.0
@@ -102,37 +104,38 @@ def estimate(shape: Shape, cfg: Any, zero_stage: int = 0) -> dict[str, float]:
         trainable = shape.params
     tokens = cfg.per_device_train_batch_size * cfg.cutoff_len
     abytes = 2 if cfg.precision in ("bf16", "fp16") else 4
-    per_layer = (
-        tokens * shape.hidden * 17 * abytes
-    )  # attention and MLP intermediates kept for backward
+    # kept for backward, per token and layer: attention inputs / outputs and norms (~6h), the MLP's
+    # gate, up, activation and product (4 x intermediate), attention scores and probabilities
+    # (2 x heads x cutoff_len, the eager / CPU path)
+    per_token = 6 * shape.hidden + 4 * shape.intermediate + 2 * shape.heads * cfg.cutoff_len
     layers = 1 if cfg.gradient_checkpointing else shape.layers
     saved = tokens * shape.hidden * abytes * shape.layers if cfg.gradient_checkpointing else 0
-    shard = {0: 1, 1: 1, 2: 1, 3: 1}[
-        zero_stage
-    ]  # ZeRO sharding comes with the distributed launchers
     return {
-        "weights": shape.params * wbytes / shard,
-        "gradients": trainable * 4 / shard,
-        "optimizer": trainable * 8 / shard,
-        "activations": per_layer * layers + saved,
-        "logits": tokens * shape.vocab * 4 * 2,
+        "runtime": RUNTIME,
+        "weights": shape.params * wbytes / zero_shard,
+        "gradients": trainable * 4 / zero_shard,
+        "optimizer": trainable * 8 / zero_shard,
+        "activations": tokens * per_token * abytes * layers + saved,
+        "logits": tokens * shape.vocab * 4 * 4,  # logits, log-softmax, their gradients (fp32)
     }
 
 
-def stage_memory(graph: nx.DiGraph, name: str) -> dict[str, float] | None:
-    """The estimate for a training node (one with a batch size), else None."""
+def stage_memory(
+    graph: nx.DiGraph, name: str, find: Callable[[str], Path | None] | None = None
+) -> dict[str, float] | None:
+    """The estimate for a training node (one with a batch size), else None. A base model named
+    by hub id or wheel is read from its artifact when the store (`find`) has it."""
     node: Node = graph.nodes[name]["node"]
     if not hasattr(node.config, "per_device_train_batch_size"):
         return None
-    base = next(
-        (
-            graph.nodes[a]["node"]
-            for a in nx.ancestors(graph, name)
-            if graph.nodes[a]["node"].kind == "base"
-        ),
-        None,
-    )
-    shape = shape_of(base) if base is not None else None
+    bases = [graph.nodes[a]["node"] for a in nx.ancestors(graph, name)]
+    base = next((b for b in bases if b.kind == "base"), None)
+    if base is None:
+        return None
+    shape = shape_of(base)
+    built = find(base.key) if shape is None and find is not None else None
+    if built is not None and (built / "config.json").is_file():
+        shape = shape_of_config(json.loads((built / "config.json").read_text()))
     return estimate(shape, node.config) if shape is not None else None
 
 

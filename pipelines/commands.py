@@ -29,7 +29,8 @@ def _compile(raw: dict[str, Any], base_dir: Path) -> tuple[Compiled, Store]:
 def plan_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
     compiled, store = _compile(raw, base_dir)
     steps = plan(compiled.graph, store)
-    print("\n".join(plan_lines(steps, compiled.graph, compiled.spec.launcher.device_memory_gb)))
+    device = compiled.spec.launcher.device_memory_gb
+    print("\n".join(plan_lines(steps, compiled.graph, device, store.find)))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -22,7 +23,12 @@ def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def plan_lines(steps: list[Step], graph: nx.DiGraph, device_gb: float | None = None) -> list[str]:
+def plan_lines(
+    steps: list[Step],
+    graph: nx.DiGraph,
+    device_gb: float | None = None,
+    find: Callable[[str], Path | None] | None = None,
+) -> list[str]:
     """`name: status (reason)` per node, with its inputs, key prefix and, for training stages,
     the estimated peak memory."""
     out = []
@@ -33,7 +39,7 @@ def plan_lines(steps: list[Step], graph: nx.DiGraph, device_gb: float | None = N
             f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
             + (f"  inputs {ins}" if ins else "")
         )
-        parts = stage_memory(graph, s.node.name)
+        parts = stage_memory(graph, s.node.name, find)
         if parts is not None:
             out.append("    " + describe(parts, device_memory(device_gb)))
     return out

@@ -151,7 +151,7 @@ def test_plan_names_the_changed_value(trained: Path) -> None:
     assert "tokenize:demo_sft: cached" in lines
     assert "sft: run (learning_rate 3e-3 -> 2e-4)" in lines
     after_sft = lines[lines.index("sft: run (learning_rate 3e-3 -> 2e-4)") + 2]
-    assert after_sft.strip().startswith("memory ~") and "GiB (weights" in after_sft
+    assert after_sft.strip().startswith("memory ~") and "GiB (runtime" in after_sft
 
 
 def test_sweep_trains_upstream_once(trained: Path) -> None:

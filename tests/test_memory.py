@@ -31,12 +31,14 @@ def test_a_known_configuration_is_pinned() -> None:
         finetuning_type="full", per_device_train_batch_size=16, cutoff_len=128, precision="fp32"
     )
     parts = estimate(TINY, cfg)
+    per_token = 6 * 64 + 4 * 128 + 2 * 4 * 128  # hidden, intermediate, heads x cutoff_len
     assert parts == {
+        "runtime": 0.5 * GIB,
         "weights": 80448 * 4,
         "gradients": 80448 * 4,
         "optimizer": 80448 * 8,
-        "activations": 16 * 128 * 64 * 17 * 4 * 2,
-        "logits": 16 * 128 * 100 * 4 * 2,
+        "activations": 16 * 128 * per_token * 4 * 2,
+        "logits": 16 * 128 * 100 * 4 * 4,
     }
     lora = estimate(
         TINY,
@@ -50,6 +52,9 @@ def test_a_known_configuration_is_pinned() -> None:
         ),
     )
     assert lora["weights"] == 80448 * 0.5625 and lora["optimizer"] == 8 * TINY.lora_dims * 8
-    assert lora["activations"] == 16 * 128 * 64 * 17 * 4 + 16 * 128 * 64 * 4 * 2
+    assert lora["activations"] == 16 * 128 * per_token * 4 + 16 * 128 * 64 * 4 * 2
     text = describe(parts, device=0.001 * GIB)
-    assert text.startswith("memory ~0.02 GiB (weights 0.00,") and "WARNING: exceeds" in text
+    assert (
+        text.startswith("memory ~0.52 GiB (runtime 0.50, weights 0.00,")
+        and "WARNING: exceeds" in text
+    )
