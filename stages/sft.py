@@ -76,6 +76,7 @@ class SftConfig:
     rope_scaling: dict | None = None  # e.g. {rope_type: yarn, factor: 4.0} for longer context
     neftune_noise_alpha: float | None = None
     gradient_checkpointing: bool = False
+    group_by_length: bool = False  # batches of similar lengths: little padding, no packing
     # optimisation
     learning_rate: float = 1e-4
     per_device_train_batch_size: int = 8
