@@ -269,3 +269,8 @@ def test_rope_scaling_and_attention_choice_reach_the_trained_model(
     inner = reloaded.get_base_model() if method == "lora" else reloaded
     assert inner.model.rotary_emb.rope_type == "linear"  # kept with the artifact
     assert_reload_matches(ctx, base)
+
+
+def test_length_grouped_batches_train(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    ctx, base = train(prepared, tmp_path, finetuning_type="full", group_by_length=True)
+    assert ctx.metrics["steps"] == 3 and ctx.metrics["tokens_seen"] > 0

@@ -33,7 +33,7 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
         lr_scheduler_type=cfg.lr_scheduler_type,
         neftune_noise_alpha=cfg.neftune_noise_alpha,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        group_by_length=cfg.group_by_length,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
