@@ -39,6 +39,21 @@ def test_chat_template_renders_chatml() -> None:
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+def test_assistant_tokens_mask_covers_replies_and_their_end_markers() -> None:
+    tok = build_tokenizer()
+    msgs = [
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3 + 3?"},
+        {"role": "assistant", "content": "6 ok"},
+    ]
+    out = tok.apply_chat_template(
+        msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tok.decode(masked) == "4<|im_end|>6 ok<|im_end|>"
+
+
 def test_build_is_deterministic(tmp_path: Path, model_dir: Path) -> None:
     build_model(tmp_path, **SIZE)
     assert (tmp_path / "model.safetensors").read_bytes() == (

@@ -23,6 +23,10 @@ def solve(instruction: str, inp: str) -> str:
     raise ValueError(f"not a demo prompt: {instruction!r}")
 
 
-def check_answer(instruction: str, inp: str, answer: str) -> bool:
-    """True iff `answer` (whitespace-stripped) is the correct answer to the prompt."""
-    return answer.strip() == solve(instruction, inp)
+def check_answer(instruction: str, input: str, answer: str) -> bool:  # noqa: A002 (alpaca field)
+    """True iff `answer` (whitespace-stripped) is the correct answer to the prompt.
+
+    Works on a chat turn too: split the user content at its first newline into instruction and
+    input. Raises ValueError for a prompt that is not a demo task, so a misrouted eval fails loudly.
+    """
+    return answer.strip() == solve(instruction, input)

@@ -1,6 +1,6 @@
 """Generate the demo data: small synthetic tasks whose answers can be checked exactly.
 
-    python -m stages.data.demo.generate [--out DIR]
+    python -m stages.data.demo.generate [--out DIR]    (or: python stages/data/demo/generate.py)
 
 Deterministic (fixed seed, fixed key order), stdlib only, our own content. Writes sft.jsonl
 (alpaca), chat.jsonl (multi-turn messages), preference.jsonl (chosen / rejected) and text.txt.
@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
-from stages.data.demo import TASKS, solve
+if not __package__:  # run as a file (python stages/data/demo/generate.py): import from the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from stages.data.demo import TASKS, solve  # noqa: E402
 
 SEED = 1234
 SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vek", "no", "pi", "dor", "ze", "mul")
@@ -52,10 +56,12 @@ def wrong(answer: str, rng: random.Random) -> str:
 
 
 def user_text(instruction: str, inp: str) -> str:
+    """A chat user turn: instruction, then the input on its own line, so it splits back exactly."""
     return f"{instruction}\n{inp}" if inp else instruction
 
 
 def generate(out: Path) -> None:
+    """Write the four demo files into `out`; one seeded stream, so the order of writes matters."""
     rng = random.Random(SEED)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -84,11 +90,13 @@ def generate(out: Path) -> None:
     for _ in range(1500):
         ins, inp = prompt(rng)
         lines.append(f"{user_text(ins, inp).replace(chr(10), ' ')} Answer: {solve(ins, inp)}.")
-    (out / "text.txt").write_text("\n".join(lines) + "\n")
+    (out / "text.txt").write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows))
+    """Fixed key order, ASCII, "\\n" line ends: byte-for-byte the same on every platform."""
+    text = "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in rows)
+    path.write_text(text, encoding="ascii", newline="\n")
 
 
 if __name__ == "__main__":
