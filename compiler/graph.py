@@ -109,18 +109,19 @@ def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:
     consumer.forwarded += want.forwards
     for r in kind.inputs:  # an implicit node shares the consumer's same-named inputs
         node.inputs[r] = consumer.inputs.get(r) or kind.inputs[r].default or ""
-    label = "+".join(dataset_names(values["dataset"])) if "dataset" in values else consumer.name
-    for name in (f"{kind.kind}:{label}", f"{kind.kind}:{label}:{consumer.name}"):
-        other = nodes.get(name)
-        if other is None:
-            node.name = name
-            nodes[name] = node
-            return name
+    for name, other in nodes.items():  # any identical one, not only the first made
         if (
             other.implicit
+            and other.kind == node.kind
             and _same_semantics(other.config, node.config)
             and other.inputs == node.inputs
         ):
+            return name
+    label = "+".join(dataset_names(values["dataset"])) if "dataset" in values else consumer.name
+    for name in (f"{kind.kind}:{label}", f"{kind.kind}:{label}:{consumer.name}"):
+        if name not in nodes:
+            node.name = name
+            nodes[name] = node
             return name
     raise AssertionError("unreachable: the consumer-qualified name is unique")
 
@@ -165,6 +166,8 @@ def _dataset_entry(
         )
         issues.append(Issue(f"{node.path}.{f}", f"no dataset named '{name}'", hint))
         return None
+    if spec.datasets[name] is None:
+        return None  # the entry itself is invalid, and reported at datasets.<name>
     entry = dataclasses.asdict(spec.datasets[name])
     path = resolve_path(entry["path"], base_dir)
     if path.exists():

@@ -99,7 +99,7 @@ def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:
         issues.append(Issue(path, f"expected a mapping, got {type(raw).__name__}"))
         return StageDecl(name, "?", {}, None)
     kind = raw.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or mapping is unhashable
         msg = "missing 'kind'" if kind is None else f"unknown kind '{kind}'"
         hint = did_you_mean(str(kind), KINDS) or f"one of: {', '.join(sorted(KINDS))}"
         issues.append(Issue(f"{path}.kind", msg, hint))

@@ -40,6 +40,8 @@ def test_canonical_json_ignores_key_order_and_refuses_what_it_cannot_hash() -> N
         canonical_json({"a": {"b": {1, 2}}})
     with pytest.raises(TypeError, match="cannot fingerprint object at <root>"):
         canonical_json(object())
+    with pytest.raises(TypeError, match=r"non-string key 1 at a\[0\]"):
+        canonical_json({"a": [{1: "x"}]})
 
 
 def keys(tmp_path: Path, stage_blocks: dict, *, datasets: dict | None = None, **kw: object) -> dict:
@@ -61,6 +63,7 @@ def chain(value: int = 1, note: str = "") -> dict:
         "a": {"kind": "fake"},
         "b": {"kind": "fake", "a": "a", "value": value, "note": note},
         "c": {"kind": "fake", "a": "b"},
+        "side": {"kind": "fake", "a": "a"},  # a sibling of b: not downstream of it
     }
 
 
@@ -70,7 +73,7 @@ def test_volatile_fields_do_not_move_keys(tmp_path: Path) -> None:
 
 def test_a_semantic_change_moves_its_key_and_downstream_only(tmp_path: Path) -> None:
     old, new = keys(tmp_path, chain(1)), keys(tmp_path, chain(2))
-    assert old["a"] == new["a"]
+    assert old["a"] == new["a"] and old["side"] == new["side"]
     assert old["b"] != new["b"] and old["c"] != new["c"]
 
 
@@ -90,6 +93,17 @@ def test_editing_one_byte_of_a_data_file_moves_tokenize_and_sft(tmp_path: Path) 
     after = keys(tmp_path, blocks, datasets=ds)
     assert before["base"] == after["base"]
     assert before["tokenize:d"] != after["tokenize:d"] and before["sft"] != after["sft"]
+
+
+def test_volatile_fields_forwarded_to_tokenize_do_not_move_keys(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
+    ds = {"d": {"path": str(data), "formatting": "alpaca"}}
+    one = keys(tmp_path, {"sft": {"kind": "sft", "dataset": "d"}}, datasets=ds)
+    four = keys(tmp_path, {"sft": {"kind": "sft", "dataset": "d", "num_proc": 4}}, datasets=ds)
+    longer = keys(tmp_path, {"sft": {"kind": "sft", "dataset": "d", "cutoff_len": 64}}, datasets=ds)
+    assert one == four
+    assert one["tokenize:d"] != longer["tokenize:d"] and one["base"] == longer["base"]
 
 
 def test_the_data_path_itself_is_not_keyed(tmp_path: Path) -> None:

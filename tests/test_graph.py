@@ -105,6 +105,19 @@ def test_identical_tokenize_options_share_one_node(tmp_path: Path, data: Path) -
     assert sorted(n for n in differ if n.startswith("tokenize")) == ["tokenize:d", "tokenize:d:b"]
 
 
+def test_identical_tokenize_options_share_a_node_beyond_the_first_two(
+    tmp_path: Path, data: Path
+) -> None:
+    blocks = {
+        "a": {"kind": "sft", "dataset": "d"},
+        "b": {"kind": "sft", "dataset": "d", "cutoff_len": 64},
+        "c": {"kind": "sft", "dataset": "d", "cutoff_len": 64, "num_proc": 4},  # volatile
+    }
+    g = graph_of(blocks, tmp_path, {"d": {"path": str(data)}})
+    assert sorted(n for n in g if n.startswith("tokenize")) == ["tokenize:d", "tokenize:d:b"]
+    assert g.nodes["c"]["node"].inputs["data"] == "tokenize:d:b"
+
+
 def test_unknown_dataset_is_reported_where_the_stage_names_it(tmp_path: Path, data: Path) -> None:
     errors = errors_of(
         {"sft": {"kind": "sft", "dataset": "demo"}}, tmp_path, {"demo2": {"path": str(data)}}
@@ -117,3 +130,10 @@ def test_missing_data_file_names_the_dataset_path(tmp_path: Path) -> None:
         {"sft": {"kind": "sft", "dataset": "d"}}, tmp_path, {"d": {"path": "nope.jsonl"}}
     )
     assert errors == [f"datasets.d.path: file not found: {tmp_path / 'nope.jsonl'}"]
+
+
+def test_an_invalid_dataset_entry_is_reported_once_without_a_crash(tmp_path: Path) -> None:
+    errors = errors_of(
+        {"sft": {"kind": "sft", "dataset": "d"}}, tmp_path, {"d": {"formatting": "alpaca"}}
+    )
+    assert errors == ["datasets.d.path: missing required key"]

@@ -113,6 +113,16 @@ def test_code_and_library_changes_are_named(tmp_path: Path) -> None:
     assert describe(graph, view)["top"] == "run (library versions changed (torch None -> 9))"
 
 
+def test_a_missing_artifact_and_a_cache_version_bump_are_named(tmp_path: Path) -> None:
+    view = View()
+    remember(view, compiled(tmp_path))
+    graph = compiled(tmp_path)
+    view.keys.clear()  # the same payload, but the artifact was garbage-collected
+    assert describe(graph, view)["top"] == "run (artifact missing)"
+    graph.nodes["top"]["node"].payload["cache_version"] = "2"
+    assert describe(graph, view)["top"] == "run (cache_version changed)"
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [

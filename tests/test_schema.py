@@ -19,9 +19,12 @@ def issues_of(raw: dict) -> list[str]:
 
 
 def test_unknown_key_has_full_path_and_did_you_mean() -> None:
-    assert issues_of({"stages": {"sft": {"kind": "sft", "learning_rat": 1e-4}}}) == [
-        "stages.sft.learning_rat: unknown key (did you mean 'learning_rate'?)"
+    issues: list[Issue] = []
+    validate({"stages": {"sft": {"kind": "sft", "learning_rat": 1e-4}}}, issues)
+    assert issues == [
+        Issue("stages.sft.learning_rat", "unknown key", "did you mean 'learning_rate'?")
     ]
+    assert str(issues[0]) == "stages.sft.learning_rat: unknown key (did you mean 'learning_rate'?)"
 
 
 def test_wrong_type_names_the_expected_type() -> None:
@@ -53,6 +56,35 @@ def test_kind_unknown_missing_and_choice_violations() -> None:
         "stages.a.kind: unknown kind 'sfft' (did you mean 'sft'?)",
         "stages.b.kind: missing 'kind' (one of: base, sft, tokenize)",
         "stages.c.finetuning_type: invalid value 'lorra' (did you mean 'lora'?)",
+    ]
+
+
+def test_a_kind_that_is_not_a_string_is_an_issue_not_a_crash() -> None:
+    assert issues_of({"stages": {"a": {"kind": ["sft"]}}}) == [
+        "stages.a.kind: unknown kind '['sft']' (did you mean 'sft'?)"
+    ]
+
+
+def test_every_problem_is_reported_together() -> None:
+    raw = {
+        "stagse": {},
+        "launcher": {"name": "torchrun"},
+        "datasets": {"d": {"path": "d.jsonl", "formatting": "alpacca"}},
+        "stages": {
+            "sft": {"kind": "sft", "learning_rat": 1e-4, "lora_rank": "8"},
+            "rm": {"kind": "rmm"},
+        },
+    }
+    issues: list[Issue] = []
+    validate(raw, issues)
+    assert len(issues) == 6
+    assert [i.path for i in issues] == [
+        "stagse",
+        "launcher.name",
+        "datasets.d.formatting",
+        "stages.sft.learning_rat",
+        "stages.sft.lora_rank",
+        "stages.rm.kind",
     ]
 
 

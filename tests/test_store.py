@@ -36,7 +36,9 @@ def test_commit_seals_the_payload_with_digests(tmp_path: Path) -> None:
     assert store.has("k1") and store.find("k1") == path and store.manifest("k1")["name"] == "sft"
     assert store.verify("k1") == []
     (path / "a.bin").write_text("tampered")
-    assert store.verify("k1") == ["a.bin"]
+    (path / "sub" / "b.txt").unlink()
+    assert store.verify("k1") == ["a.bin", "sub/b.txt"]
+    assert store.verify("nope") == ["<no artifact>"]
 
 
 def test_a_directory_without_a_complete_manifest_is_not_an_artifact(tmp_path: Path) -> None:
@@ -67,6 +69,7 @@ def test_a_kill_in_the_middle_of_a_commit_leaves_no_artifact(tmp_path: Path) -> 
     assert not store.has("k1") and list(store.artifacts()) == []
     out = store.work_dir("k1") / "out"
     assert out.is_dir()  # the payload waits in the work dir; a rerun rebuilds it
+    assert (out / "manifest.json").is_file()  # killed after sealing, before the rename
     store.commit("sft", "k1", out, {"name": "sft"})
     assert store.has("k1") and store.verify("k1") == []
 
