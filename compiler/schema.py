@@ -28,6 +28,9 @@ class LauncherConfig:
     name: str = field(default="inprocess", metadata={"choices": LAUNCHERS})
     nproc_per_node: int = 1
     device_memory_gb: float | None = None  # plan warns above this (default: this machine's RAM)
+    # ZeRO stage (1 optimizer state, 2 + gradients, 3 + weights sharded over the processes): in
+    # the memory estimate now; training with it comes with the deepspeed launcher
+    zero_stage: int = field(default=0, metadata={"choices": (0, 1, 2, 3)})
 
 
 @dataclass

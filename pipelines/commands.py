@@ -29,8 +29,7 @@ def _compile(raw: dict[str, Any], base_dir: Path) -> tuple[Compiled, Store]:
 def plan_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
     compiled, store = _compile(raw, base_dir)
     steps = plan(compiled.graph, store)
-    device = compiled.spec.launcher.device_memory_gb
-    print("\n".join(plan_lines(steps, compiled.graph, device, store.find)))
+    print("\n".join(plan_lines(steps, compiled.graph, compiled.spec.launcher, store.find)))
     return 0
 
 
@@ -39,6 +38,7 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
     from runtime.executor import FAILED, execute
     from runtime.launchers import make_launcher
 
+    launcher = make_launcher(compiled.spec.launcher)  # before anything is written
     store.root.mkdir(parents=True, exist_ok=True)
     record = {
         "id": new_run_id(),
@@ -49,7 +49,7 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
     }
     store.write_run(record)
     t0 = time.time()
-    outcomes = execute(compiled, store, make_launcher(compiled.spec.launcher), record)
+    outcomes = execute(compiled, store, launcher, record)
     failed = [o for o in outcomes if o.status == FAILED]
     record.update(status="failed" if failed else "ok", wall_s=round(time.time() - t0, 3))
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -8,7 +8,7 @@ from typing import Any
 
 import networkx as nx
 
-from compiler.memory import describe, device_memory, stage_memory
+from compiler.memory import GIB, checkpointing_needed, describe, device_memory, stage_memory
 from compiler.plan import Step, fmt
 
 KEY_CHARS = 12
@@ -26,7 +26,7 @@ def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
 def plan_lines(
     steps: list[Step],
     graph: nx.DiGraph,
-    device_gb: float | None = None,
+    launcher: Any = None,
     find: Callable[[str], Path | None] | None = None,
 ) -> list[str]:
     """`name: status (reason)` per node, with its inputs, key prefix and, for training stages,
@@ -39,10 +39,30 @@ def plan_lines(
             f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
             + (f"  inputs {ins}" if ins else "")
         )
-        parts = stage_memory(graph, s.node.name, find)
-        if parts is not None:
-            out.append("    " + describe(parts, device_memory(device_gb)))
+        out.extend("    " + line for line in memory_lines(graph, s.node, find, launcher))
     return out
+
+
+def memory_lines(
+    graph: nx.DiGraph, node: Any, find: Callable[[str], Path | None] | None, launcher: Any
+) -> list[str]:
+    """The memory estimate of a training node, and what `gradient_checkpointing: auto` chose."""
+    overrides = {}
+    lines = []
+    if getattr(node.config, "gradient_checkpointing", None) == "auto":
+        decided = checkpointing_needed(graph, node.name, find, launcher)
+        if decided is not None:
+            overrides["gradient_checkpointing"] = decided[0]
+            why = "needed" if decided[0] else "not needed"
+            lines.append(
+                f"gradient checkpointing auto -> {'on' if decided[0] else 'off'} "
+                f"({why}: {decided[1] / GIB:.2f} GiB without it)"
+            )
+    parts = stage_memory(graph, node.name, find, launcher, **overrides)
+    if parts is None:
+        return lines
+    device = device_memory(getattr(launcher, "device_memory_gb", None))
+    return [describe(parts, device), *lines]
 
 
 def summary_table(outcomes: list[Any]) -> str:

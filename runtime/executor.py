@@ -16,6 +16,7 @@ from typing import Any
 
 from compiler.compile import Compiled
 from compiler.graph import Node
+from compiler.memory import GIB, stage_memory
 from compiler.plan import CACHED, plan
 from runtime.launchers import Launcher
 from runtime.store import Store
@@ -143,7 +144,22 @@ def _spec(
         "out": str(out.resolve()),
         "work": str(work.resolve()),
         "resume_from": str(resume.resolve()) if resume else None,
+        "memory": _memory(node, compiled, store),
     }
+
+
+def _memory(node: Node, compiled: Compiled, store: Store) -> dict[str, float]:
+    """What a training stage needs to decide `gradient_checkpointing: auto` where it runs."""
+    launcher = compiled.spec.launcher
+    parts = stage_memory(
+        compiled.graph, node.name, store.find, launcher, gradient_checkpointing=False
+    )
+    if parts is None:
+        return {}
+    memory = {"without_checkpointing": sum(parts.values())}
+    if launcher.device_memory_gb:
+        memory["device"] = launcher.device_memory_gb * GIB
+    return memory
 
 
 def _failed(node: Node, message: str, wall: float) -> Outcome:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from compiler.errors import CompileError, Issue
 from compiler.schema import LauncherConfig
 
 
@@ -34,4 +35,14 @@ LAUNCHERS: dict[str, type] = {"inprocess": InProcessLauncher}
 
 
 def make_launcher(cfg: LauncherConfig) -> Launcher:
+    if cfg.zero_stage and cfg.name == "inprocess":
+        raise CompileError(
+            [
+                Issue(
+                    "launcher.zero_stage",
+                    "ZeRO shards training over several processes; the inprocess launcher runs one",
+                    "`plan` shows the sharded estimate; set launcher.zero_stage=0 to run here",
+                )
+            ]
+        )
     return LAUNCHERS[cfg.name]()

@@ -45,6 +45,7 @@ def run_spec(spec_path: Path) -> dict[str, Any]:
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         resolve=lambda key: _resolve(store, key),
         log=logging.getLogger(f"pipelines.{spec['name']}"),
+        memory=spec.get("memory", {}),
     )
     ctx.out.mkdir(parents=True, exist_ok=True)
     stage.run(ctx, cfg)

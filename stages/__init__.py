@@ -4,7 +4,9 @@ Importing this package must stay cheap (no torch): the compiler reads these decl
 """
 
 from stages.base_model import BaseModelStage
+from stages.blocks import BlocksStage
+from stages.pt import PtStage
 from stages.sft import SftStage
 from stages.tokenize import TokenizeStage
 
-KINDS = {s.kind: s for s in (BaseModelStage, TokenizeStage, SftStage)}
+KINDS = {s.kind: s for s in (BaseModelStage, TokenizeStage, BlocksStage, PtStage, SftStage)}

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 # Artifact types: what a stage produces and what an input role accepts.
 MODEL = "model"
 SFT_DATA = "sft_data"
+PT_DATA = "pt_data"  # token blocks for pre-training
 DATASET = "dataset"
 METRICS = "metrics"
 
@@ -23,9 +24,9 @@ CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MARKER = ".complete"  # a checkpoint is usable iff this file exists in it
 
 
-def volatile(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+def volatile(default: Any = dataclasses.MISSING, metadata: dict | None = None, **kw: Any) -> Any:
     """A config field that is recorded but not keyed (logging, save frequency, report_to)."""
-    return field(default=default, metadata={"volatile": True}, **kw)
+    return field(default=default, metadata={"volatile": True, **(metadata or {})}, **kw)
 
 
 def semantic_fields(config_cls: type) -> list[str]:
@@ -67,6 +68,9 @@ class Context:
     metrics: dict[str, Any] = field(
         default_factory=dict
     )  # filled by the stage, kept in the manifest
+    # the plan's memory estimate for training stages: bytes "without_checkpointing", and the
+    # configured "device" size when the launcher names one
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def checkpoints(self) -> Path:

@@ -89,7 +89,7 @@ def test_all_problems_in_a_pipeline_file_are_reported_at_once(tmp_path: Path) ->
         "config errors (4):",
         "  - stages.sft.lora_rnk: unknown key (did you mean 'lora_rank'?)",
         "  - stages.sft.num_train_epochs: expected float, got 'many'",
-        "  - stages.ppo.kind: unknown kind 'ppoo' (one of: base, sft, tokenize)",
+        "  - stages.ppo.kind: unknown kind 'ppoo' (one of: base, blocks, pt, sft, tokenize)",
         "  - stages.sft.dataset: no dataset named 'demo_sfft' (did you mean 'demo_sft'?)",
     ]
 
@@ -108,3 +108,18 @@ def test_unknown_verb_and_no_pipeline(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "config error (1):\n  - stages: no stages to run (choose a pipeline, e.g. +pipeline=sft)"
     )
+
+
+def test_zero_sharding_is_planned_but_not_run_by_the_inprocess_launcher(tmp_path: Path) -> None:
+    args = ["+pipeline=sft", "launcher.zero_stage=3", "launcher.nproc_per_node=4"]
+    plan = pipelines("plan", *args, cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "memory ~" in plan.stdout  # sharding itself: tests/test_memory.py
+    result = pipelines("run", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "config error (1):\n  - launcher.zero_stage: ZeRO shards training over several "
+        "processes; the inprocess launcher runs one (`plan` shows the sharded estimate; set "
+        "launcher.zero_stage=0 to run here)"
+    )
+    assert not (tmp_path / "store" / "artifacts").exists()

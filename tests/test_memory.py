@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from compiler.memory import GIB, Shape, describe, estimate
 from stages.sft import SftConfig
 from tests.sizes import DEFAULT
@@ -58,3 +60,62 @@ def test_a_known_configuration_is_pinned() -> None:
         text.startswith("memory ~0.53 GiB (runtime 0.50, weights 0.00,")
         and "WARNING: exceeds" in text
     )
+
+
+def test_zero_stages_shard_optimizer_state_then_gradients_then_weights() -> None:
+    cfg = SftConfig(finetuning_type="full", per_device_train_batch_size=4, precision="fp32")
+    one = estimate(TINY, cfg)
+    sharded = {k: estimate(TINY, cfg, zero_stage=k, world=4) for k in (1, 2, 3)}
+    assert sharded[1]["optimizer"] == one["optimizer"] / 4
+    assert sharded[1]["gradients"] == one["gradients"]
+    assert sharded[2]["gradients"] == one["gradients"] / 4
+    assert sharded[2]["weights"] == one["weights"]
+    assert sharded[3]["weights"] == one["weights"] / 4
+    assert sharded[3]["activations"] == one["activations"]  # activations are per device
+
+
+def test_auto_checkpointing_is_decided_by_the_estimate_against_the_device(tmp_path: Path) -> None:
+    from compiler.compile import compile_pipeline
+    from compiler.digests import DigestCache
+    from compiler.memory import checkpointing_needed, stage_memory
+    from compiler.schema import LauncherConfig
+    from pipelines.summary import memory_lines
+
+    raw = {
+        "model": {"name_or_path": "tiny", **{k: v for k, v in DEFAULT.items() if k != "seed"}},
+        "datasets": {"d": {"path": "pkg://stages/data/demo/sft.jsonl"}},
+        "stages": {"sft": {"kind": "sft", "dataset": "d", "cutoff_len": 1024}},
+    }
+    compiled = compile_pipeline(raw, tmp_path, DigestCache(tmp_path / "digests.json"))
+    small, large = LauncherConfig(device_memory_gb=0.6), LauncherConfig(device_memory_gb=100.0)
+    on, without = checkpointing_needed(compiled.graph, "sft", None, small)  # type: ignore[misc]
+    assert on and without > 0.6 * GIB
+    assert checkpointing_needed(compiled.graph, "sft", None, large) == (False, without)
+    node = compiled.graph.nodes["sft"]["node"]
+    lines = memory_lines(compiled.graph, node, None, small)
+    assert (
+        lines[1]
+        == f"gradient checkpointing auto -> on (needed: {without / GIB:.2f} GiB without it)"
+    )
+    assert lines[0].startswith("memory ~")
+    sharded = LauncherConfig(zero_stage=1, nproc_per_node=4)
+    full = stage_memory(compiled.graph, "sft", None, large)
+    assert stage_memory(compiled.graph, "sft", None, sharded)["optimizer"] == full["optimizer"] / 4  # type: ignore[index]
+    assert memory_lines(compiled.graph, node, None, large)[1].startswith(
+        "gradient checkpointing auto -> off (not needed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "device_gb", "want"),
+    [("auto", 1.0, True), ("auto", 100.0, False), (True, 100.0, True), (False, 1.0, False)],
+)
+def test_the_training_stage_applies_the_decision(
+    setting: object, device_gb: float, want: bool
+) -> None:
+    from stages.base import Context
+    from stages.model.training import checkpointing
+
+    ctx = Context("s", "k", Path("."), Path("."), {})
+    ctx.memory = {"without_checkpointing": 10 * GIB, "device": device_gb * GIB}
+    assert checkpointing(SftConfig(gradient_checkpointing=setting), ctx) is want  # type: ignore[arg-type]

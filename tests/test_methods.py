@@ -196,9 +196,7 @@ def test_quantisation_without_lora_is_a_config_error() -> None:
     validate(
         {"stages": {"s": {"kind": "sft", "finetuning_type": "full", "quantization_bit": 4}}}, issues
     )
-    assert [str(i) for i in issues] == [
-        "stages.s.quantization_bit: quantised training needs finetuning_type: lora"
-    ]
+    assert [str(i) for i in issues] == ["stages.s.quantization_bit: needs finetuning_type: lora"]
 
 
 def test_stop_words_of_the_template_reach_the_generation_config(
@@ -274,3 +272,22 @@ def test_rope_scaling_and_attention_choice_reach_the_trained_model(
 def test_length_grouped_batches_train(prepared: tuple[Path, Path], tmp_path: Path) -> None:
     ctx, base = train(prepared, tmp_path, finetuning_type="full", group_by_length=True)
     assert ctx.metrics["steps"] == 3 and ctx.metrics["tokens_seen"] > 0
+
+
+def test_llama_pro_trains_only_the_inserted_blocks(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ctx, base = train(prepared, tmp_path, finetuning_type="freeze", llama_pro_blocks=2)
+    before, after = state(base / "model.safetensors"), state(ctx.out / "model.safetensors")
+    config = json.loads((ctx.out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 4  # 2 layers, a new block after each
+    # the originals moved to indices 0 and 2, unchanged; the new blocks 1 and 3 trained
+    for old, new in ((0, 0), (1, 2)):
+        for name, tensor in before.items():
+            if f".layers.{old}." in name:
+                assert after[name.replace(f".layers.{old}.", f".layers.{new}.")].equal(tensor)
+    for new in (1, 3):  # they started as the identity (zeroed output projections) and trained
+        assert after[f"model.layers.{new}.mlp.down_proj.weight"].abs().sum() > 0
+        assert after[f"model.layers.{new}.self_attn.o_proj.weight"].abs().sum() > 0
+    assert after["model.embed_tokens.weight"].equal(before["model.embed_tokens.weight"])
+    assert_reload_matches(ctx, base)

@@ -54,7 +54,7 @@ def test_kind_unknown_missing_and_choice_violations() -> None:
         }
     ) == [
         "stages.a.kind: unknown kind 'sfft' (did you mean 'sft'?)",
-        "stages.b.kind: missing 'kind' (one of: base, sft, tokenize)",
+        "stages.b.kind: missing 'kind' (one of: base, blocks, pt, sft, tokenize)",
         "stages.c.finetuning_type: invalid value 'lorra' (did you mean 'lora'?)",
     ]
 

@@ -1,6 +1,6 @@
-"""What trains: full weights, a frozen model with a few layers unfrozen, or a PEFT LoRA adapter
-(rsLoRA, DoRA, PiSSA init, LoRA+ learning rates, extra modules to save), on a base quantised by
-bitsandbytes for QLoRA."""
+"""What trains: full weights, a frozen model with a few layers unfrozen (or LLaMA Pro's new
+blocks), or a PEFT LoRA adapter (rsLoRA, DoRA, PiSSA / LoftQ init, LoRA+ learning rates, extra
+modules to save), on a base quantised by bitsandbytes for QLoRA."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-METHODS = ("lora", "full", "freeze")
+LOFTQ_BASE = "loftq_base"  # LoftQ rewrites the base weights: the artifact keeps its own copy
 
 
 def trainable_model(
@@ -17,7 +17,8 @@ def trainable_model(
 ) -> tuple[Any, str | None]:
     """The model to train and, for LoRA, the key of the full-weights model it adapts.
 
-    An upstream adapter is continued (LoRA) or merged first (full and freeze).
+    An upstream adapter is continued (LoRA), or merged first (full, freeze, and LoRA with
+    create_new_adapter: the new adapter's base is then the upstream adapter artifact).
     """
     from stages.model.loading import load_model, merged, read_model_json
 
@@ -30,8 +31,9 @@ def trainable_model(
     }
     quant = options["quantization"]
     if meta["format"] == "adapter":
-        model = load_model(upstream, resolve, trainable_adapter=lora, **options)
-        if lora:
+        continue_adapter = lora and not cfg.create_new_adapter
+        model = load_model(upstream, resolve, trainable_adapter=continue_adapter, **options)
+        if continue_adapter:
             return model, meta["base"]
         model = merged(model)
     else:
@@ -42,7 +44,11 @@ def trainable_model(
 
             model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
         return add_lora(model, cfg), upstream_key
-    if cfg.finetuning_type == "freeze":
+    if cfg.finetuning_type == "freeze" and cfg.llama_pro_blocks:
+        from stages.model.llama_pro import expand_blocks, train_only
+
+        train_only(model, expand_blocks(model, cfg.llama_pro_blocks))
+    elif cfg.finetuning_type == "freeze":
         freeze(
             model,
             cfg.freeze_trainable_layers,
@@ -70,9 +76,17 @@ def quantization(cfg: Any) -> Any:
 
 
 def add_lora(model: Any, cfg: Any) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoftQConfig, LoraConfig, get_peft_model
 
     target = "all-linear" if cfg.lora_target in (None, "all") else cfg.lora_target
+    init: bool | str = True
+    loftq = {}
+    if cfg.pissa_init:
+        init = "pissa"
+    elif cfg.loftq_bits:
+        _require_cuda("loftq_bits", "PEFT's LoftQ initialisation quantises on the GPU")
+        init = "loftq"
+        loftq = {"loftq_config": LoftQConfig(loftq_bits=cfg.loftq_bits, loftq_iter=cfg.loftq_iter)}
     peft_cfg = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
@@ -80,9 +94,10 @@ def add_lora(model: Any, cfg: Any) -> Any:
         target_modules=target,
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
-        init_lora_weights="pissa" if cfg.pissa_init else True,
+        init_lora_weights=init,
         modules_to_save=cfg.additional_target,
         task_type="CAUSAL_LM",
+        **loftq,
     )
     return get_peft_model(model, peft_cfg)
 
@@ -116,14 +131,23 @@ def loraplus_optimizer(model: Any, cfg: Any) -> Any:
     )
 
 
+def _require_cuda(name: str, why: str) -> None:
+    import torch
+
+    from stages.base import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError(f"{name}: needs a CUDA GPU ({why}); none is visible here")
+
+
 PISSA_INIT = "pissa_init"
 
 
-def remember_pissa_init(model: Any, work: Path) -> None:
+def remember_init(model: Any, cfg: Any, work: Path) -> None:
     """PiSSA changes the base weights it adapts; keep the initial adapter so the trained one can
     be converted into an ordinary LoRA that applies to the untouched base."""
     init = work / PISSA_INIT
-    if init.exists():
+    if cfg.finetuning_type != "lora" or not cfg.pissa_init or init.exists():
         return
     config = model.peft_config["default"]
     config.init_lora_weights = True
@@ -141,3 +165,19 @@ def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
         model.save_pretrained(str(out))
     if cfg.finetuning_type == "lora":  # an adapter's save leaves the generation config out
         model.get_base_model().generation_config.save_pretrained(str(out))
+    if cfg.finetuning_type == "lora" and cfg.loftq_bits:
+        save_base_weights(model, out / LOFTQ_BASE)
+
+
+def save_base_weights(model: Any, out: Path) -> None:
+    """The frozen base under a PEFT model, adapter layers left out, as an ordinary full model."""
+    from stages.model.loading import write_model_json
+
+    base = model.get_base_model()
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name or ".modules_to_save." in name:
+            continue
+        state[name.replace(".base_layer.", ".").replace(".original_module.", ".")] = tensor
+    base.save_pretrained(str(out), state_dict=state)
+    write_model_json(out, "full")

@@ -14,10 +14,16 @@ MODEL_JSON = "model.json"
 
 
 def write_model_json(
-    out_dir: Path, fmt: str, base: str | None = None, rope_scaling: dict | None = None
+    out_dir: Path,
+    fmt: str,
+    base: str | None = None,
+    rope_scaling: dict | None = None,
+    base_dir: str | None = None,
 ) -> None:
     """`rope_scaling` is kept for adapters: their base must be loaded with it to match training
-    (full weights carry it in their own config.json)."""
+    (full weights carry it in their own config.json). `base_dir` names a copy of the base inside
+    the artifact, for adapters whose initialisation rewrote the base (LoftQ); `base` still names
+    where it came from."""
     meta: dict[str, Any] = {"format": fmt}
     if fmt == "adapter":
         if not base:
@@ -25,6 +31,8 @@ def write_model_json(
         meta["base"] = base
         if rope_scaling:
             meta["rope_scaling"] = rope_scaling
+        if base_dir:
+            meta["base_dir"] = base_dir
     (Path(out_dir) / MODEL_JSON).write_text(json.dumps(meta, sort_keys=True) + "\n")
 
 
@@ -71,7 +79,7 @@ def load_model(
     from peft import PeftModel
 
     base = load_model(
-        resolve(meta["base"]),
+        Path(path) / meta["base_dir"] if meta.get("base_dir") else resolve(meta["base"]),
         resolve,
         dtype=dtype,
         quantization=quantization,

@@ -10,16 +10,19 @@ import sys
 import time
 from typing import Any
 
-from stages.base import Context
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from stages.base import Context, UserError
 
 
 def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
     """TrainingArguments from the LLaMA-Factory-style flat config of a training stage."""
     from transformers import TrainingArguments
 
+    from stages.model.optimizers import trainer_args
+
+    extra = {"optim": cfg.optim, **trainer_args(cfg)}  # GaLore / APOLLO name their own optim
     bf16, fp16 = precision(cfg.precision)
+    if cfg.enable_liger_kernel:
+        _require("liger_kernel", "enable_liger_kernel needs liger-kernel: pip install liger-kernel")
     evaluate = has_eval and cfg.save_steps > 0
     return TrainingArguments(
         output_dir=str(ctx.checkpoints),
@@ -29,7 +32,7 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
-        optim=cfg.optim,
+        use_liger_kernel=cfg.enable_liger_kernel,
         lr_scheduler_type=cfg.lr_scheduler_type,
         neftune_noise_alpha=cfg.neftune_noise_alpha,
         gradient_checkpointing=cfg.gradient_checkpointing,
@@ -55,7 +58,53 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
         dataloader_num_workers=0,
         dataloader_pin_memory=has_cuda(),
         disable_tqdm=False,
+        **extra,
     )
+
+
+def _require(module: str, hint: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(hint)
+
+
+def checkpointing(cfg: Any, ctx: Context) -> bool:
+    """Gradient checkpointing as configured; `auto` turns it on only when the plan's memory
+    estimate without it exceeds the device (it costs about a third more compute)."""
+    if cfg.gradient_checkpointing != "auto":
+        return bool(cfg.gradient_checkpointing)
+    needed = ctx.memory.get("without_checkpointing")
+    if not needed:
+        return False
+    device = ctx.memory.get("device") or device_memory()
+    on = needed > device
+    ctx.log.info(
+        "gradient checkpointing %s: estimate %.2f GiB, device %.2f GiB",
+        "on" if on else "off",
+        needed / 2**30,
+        device / 2**30,
+    )
+    return on
+
+
+def device_memory() -> float:
+    """Bytes of the device training runs on: the GPU's, else this machine's RAM."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def read_log(out: Any) -> list[dict[str, Any]]:
+    """The step records of train_log.jsonl in an artifact (empty when there is none)."""
+    log = out / "train_log.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def precision(name: str) -> tuple[bool, bool]:

@@ -1,0 +1,107 @@
+"""`blocks`: plain text -> token blocks of `cutoff_len` for continued pre-training.
+
+Each document's tokens plus eos are concatenated and cut into full blocks (the incomplete tail is
+dropped and counted); every token is trained on. Created implicitly for a `pt` stage's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from stages.base import MODEL, PT_DATA, Context, In, UserError
+from stages.data.mixing import STRATEGIES
+
+BAD_ROWS = ("error", "skip")
+
+
+@dataclass
+class BlocksConfig:
+    dataset: str | list[str] = "demo_text"  # a name in `datasets` with formatting: text
+    cutoff_len: int = 512  # block size in tokens
+    max_samples: int | None = None  # documents per dataset
+    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
+    interleave_probs: list[float] | None = None
+    val_size: float = 0.0  # a fraction (< 1) or a count of validation blocks
+    bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
+    seed: int = 42
+
+
+class BlocksStage:
+    kind: ClassVar[str] = "blocks"
+    Config = BlocksConfig
+    inputs: ClassVar[dict[str, In]] = {"model": In(MODEL, default="base")}
+    output: ClassVar[str] = PT_DATA
+    code: ClassVar[tuple[str, ...]] = (
+        "data/formats.py",
+        "data/sources.py",
+        "data/encode.py",
+        "data/mixing.py",
+        "tokenize.py",
+        "model/loading.py",
+    )
+    dataset_fields: ClassVar[tuple[str, ...]] = ("dataset",)
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    headline: ClassVar[str] = "blocks"
+
+    @staticmethod
+    def check_dataset(entry: dict[str, Any]) -> str | None:
+        """Compile-time: plain text only."""
+        if entry.get("formatting") != "text":
+            return "is not plain text; pt trains on documents (a dataset with formatting: text)"
+        return None
+
+    def run(self, ctx: Context, cfg: BlocksConfig) -> None:
+        from datasets import Dataset
+
+        from stages.data.encode import text_blocks
+        from stages.data.mixing import mix
+        from stages.model.loading import load_tokenizer
+        from stages.tokenize import split
+
+        tokenizer = load_tokenizer(ctx.inputs["model"])
+        counts = {"documents": 0, "skipped": 0, "dropped_tokens": 0}
+        parts = []
+        for entry in ctx.datasets["dataset"]:
+            texts = _texts(entry, cfg, counts, ctx)
+            blocks, dropped = text_blocks(tokenizer, texts, cfg.cutoff_len)
+            counts["dropped_tokens"] += dropped
+            parts.append([{"input_ids": b, "labels": list(b)} for b in blocks])
+        blocks = mix(parts, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
+        if not blocks:
+            names = ", ".join(e["name"] for e in ctx.datasets["dataset"])
+            raise UserError(
+                f"dataset '{names}': fewer tokens than one block of cutoff_len {cfg.cutoff_len}"
+            )
+        train, val = split(blocks, cfg.val_size, cfg.seed)
+        Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
+        if val:
+            Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+        ctx.metrics.update(
+            blocks=len(train), validation=len(val), tokens=len(train) * cfg.cutoff_len, **counts
+        )
+
+
+def _texts(entry: dict[str, Any], cfg: BlocksConfig, counts: dict, ctx: Context) -> list[str]:
+    """The documents of one dataset; a bad row raises, or with bad_rows=skip is counted."""
+    from tqdm import tqdm
+
+    from stages.data.formats import to_example
+    from stages.data.sources import iter_rows
+
+    texts: list[str] = []
+    skipped: list[str] = []
+    for n, (where, row) in enumerate(tqdm(iter_rows(entry), desc=f"read {entry['name']}")):
+        if cfg.max_samples is not None and n >= cfg.max_samples:
+            break
+        try:
+            texts.append(str(to_example(row, entry, where).text))
+        except UserError as e:
+            if cfg.bad_rows == "error":
+                raise
+            skipped.append(str(e))
+    if skipped:
+        ctx.log.warning("%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), skipped[0])
+    counts["documents"] += len(texts)
+    counts["skipped"] += len(skipped)
+    return texts

@@ -1,0 +1,159 @@
+"""GaLore, APOLLO and BAdam: each reaches the Trainer through its library, trains (CPU, tiny
+model), and is refused at compile time where it cannot apply."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from stages.base import Context, UserError
+from stages.model.loading import write_model_json
+from stages.model.optimizers import ALL_LAYERS, missing_package, trainer_args
+from stages.model.tiny import build_model
+from stages.sft import SftConfig, SftStage
+from stages.tokenize import TokenizeConfig, TokenizeStage
+from tests.sizes import SMALL
+
+pytestmark = pytest.mark.slow
+DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
+SEEN: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("optim")
+    base, data = root / "base", root / "data"
+    build_model(base, **SMALL)
+    write_model_json(base, "full")
+    data.mkdir()
+    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
+    ctx = Context("t", "k", data, root / "tw", {"model": base}, datasets={"dataset": [entry]})
+    TokenizeStage().run(ctx, TokenizeConfig(max_samples=48, cutoff_len=96))
+    return base, data
+
+
+@pytest.fixture(autouse=True)
+def see_the_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import Trainer
+
+    real = Trainer.train
+
+    def spy(self: Trainer, *a: object, **kw: object) -> object:
+        out = real(self, *a, **kw)
+        SEEN["optimizer"] = self.optimizer
+        return out
+
+    monkeypatch.setattr(Trainer, "train", spy)
+
+
+def train(prepared: tuple[Path, Path], tmp_path: Path, **cfg: object) -> Context:
+    base, data = prepared
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = Context("sft", "k", out, tmp_path / "w", {"model": base, "data": data})
+    defaults = {"max_steps": 3, "learning_rate": 1e-2, "save_steps": 100, "report_to": "none"}
+    SftStage().run(ctx, SftConfig(finetuning_type="full", **{**defaults, **cfg}))  # type: ignore[arg-type]
+    assert math.isfinite(ctx.metrics["train_loss"])
+    return ctx
+
+
+def changed(base: Path, out: Path) -> set[str]:
+    from safetensors.torch import load_file
+
+    before, after = (
+        load_file(str(base / "model.safetensors")),
+        load_file(str(out / "model.safetensors")),
+    )
+    return {k for k in before if not before[k].equal(after[k])}
+
+
+def optimizer_class() -> str:
+    """module.Class of the optimizer the Trainer used (accelerate wraps it)."""
+    opt = SEEN["optimizer"]
+    inner = getattr(opt, "optimizer", opt)
+    return f"{type(inner).__module__}.{type(inner).__name__}"
+
+
+@pytest.mark.parametrize(
+    ("flag", "want"),
+    [("use_galore", "galore_torch.adamw.AdamW"), ("use_apollo", "apollo_torch.apollo.AdamW")],
+)
+def test_low_rank_projection_optimizers_train_full_weights(
+    prepared: tuple[Path, Path], tmp_path: Path, flag: str, want: str
+) -> None:
+    pytest.importorskip(flag.replace("use_", "") + "_torch")
+    prefix = flag.replace("use_", "")
+    ctx = train(
+        prepared, tmp_path, **{flag: True, f"{prefix}_rank": 4, f"{prefix}_update_interval": 2}
+    )
+    assert optimizer_class() == want
+    moved = changed(prepared[0], ctx.out)
+    assert any(".layers.0.mlp.down_proj." in k for k in moved)
+
+
+def test_badam_trains_one_block_of_layers_at_a_time(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("badam")
+    ctx = train(prepared, tmp_path, use_badam=True, badam_switch_interval=100)
+    assert optimizer_class() == "badam.block_optim.BlockOptimizer"
+    moved = changed(prepared[0], ctx.out)
+    assert moved and all(k.startswith("model.layers.0.") for k in moved)  # ascending: block 0
+
+
+def test_trainer_arguments_for_galore_and_apollo() -> None:
+    cfg = SftConfig(finetuning_type="full", use_galore=True, galore_rank=8, galore_layerwise=True)
+    assert trainer_args(cfg) == {
+        "optim": "galore_adamw_layerwise",
+        "optim_target_modules": ALL_LAYERS,
+        "optim_args": "rank=8,update_proj_gap=200,scale=2.0,proj_type=std",
+    }
+    cfg = SftConfig(finetuning_type="full", use_apollo=True, apollo_target=["q_proj", "v_proj"])
+    args = trainer_args(cfg)
+    assert args["optim"] == "apollo_adamw" and args["optim_target_modules"] == ["q_proj", "v_proj"]
+    assert trainer_args(SftConfig()) == {}
+
+
+def test_rules_are_checked_at_compile_time() -> None:
+    from compiler.errors import Issue
+    from compiler.schema import validate
+
+    issues: list[Issue] = []
+    stage = {
+        "kind": "sft",
+        "finetuning_type": "lora",
+        "use_galore": True,
+        "use_badam": True,
+        "optim": "sgd",
+        "galore_layerwise": True,
+        "gradient_accumulation_steps": 4,
+    }
+    validate({"stages": {"s": stage}}, issues)
+    assert [str(i) for i in issues] == [
+        "stages.s.use_badam: choose one of use_galore, use_badam",
+        "stages.s.use_galore: trains full weights: finetuning_type: full",
+        "stages.s.use_badam: trains full weights: finetuning_type: full",
+        "stages.s.optim: GaLore wraps one of: adamw_torch, adamw_8bit, adafactor",
+        "stages.s.gradient_accumulation_steps: layer-wise updates need 1",
+    ]
+
+
+def test_a_missing_package_is_one_install_hint(
+    prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "badam" else real(name, *a)
+    )
+    cfg = SimpleNamespace(use_galore=False, use_apollo=False, use_badam=True)
+    assert (
+        missing_package(cfg)
+        == "use_badam needs badam: pip install badam (or the [optimizers] extra)"
+    )
+    with pytest.raises(UserError, match="use_badam needs badam"):
+        train(prepared, tmp_path, use_badam=True)
