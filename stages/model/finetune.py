@@ -21,13 +21,12 @@ def fine_tune(
     """Train on `train` (validating on `val` when given) and write the model artifact to ctx.out;
     `stop_ids` end generation in the saved model (the template's end-of-turn tokens). Returns the
     trained model (LoRA: the PEFT model)."""
-    from transformers import Trainer
-
     from stages.data.collate import collate
     from stages.model import adapters
     from stages.model.loading import write_model_json
     from stages.model.optimizers import build_optimizer, missing_package
     from stages.model.plot import write_loss_png
+    from stages.model.trainer import SparseLogitsTrainer
     from stages.model.training import callbacks, checkpointing, read_log, training_args
     from stages.model.training import train as train_and_record
 
@@ -49,7 +48,7 @@ def fine_tune(
         if cfg.loraplus_lr_ratio
         else build_optimizer(model, cfg)
     )
-    trainer = Trainer(
+    trainer = SparseLogitsTrainer(
         model=model,
         args=args,
         train_dataset=train,

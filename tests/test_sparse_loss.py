@@ -1,0 +1,78 @@
+"""Logits only at trained positions: the same loss and gradients as the model's own forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.data.encode import IGNORE
+from stages.model.trainer import sparse_loss
+from tests.sizes import SMALL
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stages.model.tiny import build_model
+
+    path = tmp_path_factory.mktemp("tiny")
+    build_model(path, **SMALL)
+    return path
+
+
+def batch(neat: bool) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 90, (3, 24), generator=g)
+    labels = ids.clone()
+    labels[:, :10] = IGNORE  # prompts
+    labels[1, 18:] = IGNORE  # padding
+    inputs = {"input_ids": ids, "labels": labels}
+    if neat:  # two packed examples per row
+        inputs["position_ids"] = torch.cat([torch.arange(12), torch.arange(12)]).repeat(3, 1)
+    else:
+        mask = torch.ones_like(ids)
+        mask[1, 18:] = 0
+        inputs["attention_mask"] = mask
+    return inputs
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("neat", [False, True], ids=["padded", "neat-packed"])
+@pytest.mark.parametrize("items", [None, 37])
+def test_loss_and_gradients_match_the_models_own(
+    model_dir: Path, lora: bool, neat: bool, items: int | None
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def grads(use_sparse: bool) -> tuple[float, dict]:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).train()
+        model.config.use_cache = False  # as in training (packed masks need no cache)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.1)  # B = 0 would hide A's gradients
+        inputs = batch(neat)
+        if use_sparse:
+            causal = model.get_base_model() if lora else model
+            loss = sparse_loss(causal, inputs, items)
+        else:
+            extra = {"num_items_in_batch": items} if items is not None else {}
+            loss = model(**inputs, **extra).loss
+        loss.backward()
+        return loss.item(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    want_loss, want = grads(False)
+    got_loss, got = grads(True)
+    assert got_loss == pytest.approx(want_loss, abs=1e-6)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
