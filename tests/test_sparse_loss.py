@@ -76,3 +76,26 @@ def test_loss_and_gradients_match_the_models_own(
     assert want.keys() == got.keys() and want
     for name in want:
         assert torch.allclose(got[name], want[name], atol=1e-6), name
+
+
+def test_the_trainer_projects_only_trained_positions(model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from stages.model.trainer import SparseLogitsTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).train()
+    model.config.use_cache = False
+    rows: list[int] = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[-2]))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = SparseLogitsTrainer(model=model, args=args)
+    inputs = batch(False)
+    loss = trainer.compute_loss(model, dict(inputs))
+    trained = int((inputs["labels"][:, 1:] != IGNORE).sum())
+    assert rows == [trained] and trained < inputs["labels"].numel()
+    with torch.no_grad():
+        assert loss.item() == pytest.approx(model(**inputs).loss.item(), abs=1e-6)
+    model.eval()  # evaluation keeps the model's own forward (it returns logits)
+    trainer.compute_loss(model, dict(inputs))
+    assert rows[-1] == inputs["input_ids"].shape[1]
