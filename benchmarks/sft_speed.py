@@ -4,8 +4,8 @@
 
 Same data (the demo SFT set), LoRA (rank 8, all linear layers), fp32, batch 4, learning rate.
 Ours (the sft stage): neat packing into 512-token blocks, or length-grouped batches; logits only at
-trained positions; gradient checkpointing `auto`
-(the memory estimate decides; here it is not needed). Baseline: transformers Trainer with gradient checkpointing, padding to the longest in
+trained positions; gradient checkpointing `auto` (the memory estimate decides; here it is not
+needed). Baseline: transformers Trainer with gradient checkpointing, padding to the longest in
 the batch. Prints non-padding tokens/s for both, their ratio, MFU against the machine's measured
 fp32 matmul peak, and our peak RSS against the plan's memory estimate. Needs the [gguf] extra.
 """
