@@ -90,7 +90,7 @@ def changed(before: dict, after: dict) -> set[str]:
 
 def assert_reload_matches(ctx: Context, base: Path) -> None:
     """The artifact, reloaded on its own through the shared loader (an adapter on the untouched
-    base), gives the logits of the model that was trained."""
+    base), gives the logits of the model that was trained, and generates."""
     import torch
 
     ids = torch.tensor([[5, 9, 14, 20, 33, 41]])
@@ -101,6 +101,15 @@ def assert_reload_matches(ctx: Context, base: Path) -> None:
         want = trained(ids).logits
         assert torch.allclose(reloaded(ids).logits, want, atol=1e-5)
         assert not torch.allclose(plain(ids).logits, want, atol=1e-4)  # training moved it
+        out = reloaded.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+        assert out.shape == (1, ids.shape[1] + 4) or out[0, -1].item() in _eos(reloaded)
+
+
+def _eos(model: object) -> set[int]:
+    """The ids generation may stop at early (the template's end-of-turn tokens)."""
+    unwrap = getattr(model, "get_base_model", lambda: model)
+    eos = unwrap().generation_config.eos_token_id  # type: ignore[attr-defined]
+    return set(eos if isinstance(eos, list) else [eos])
 
 
 def test_full_trains_every_parameter(prepared: tuple[Path, Path], tmp_path: Path) -> None:
