@@ -43,3 +43,32 @@ def test_a_stage_setting_wins_over_the_preset(tmp_path: Path) -> None:
     )
     sft = compile_pipeline(raw, tmp_path, DigestCache()).graph.nodes["sft"]["node"]
     assert (sft.config.template, sft.config.lora_target) == ("chatml", "all")
+
+
+def test_gpu_only_options_compile_and_plan_here(tmp_path: Path) -> None:
+    """LoftQ, Liger, flash-attention-2, bf16 and ZeRO cannot run on this CPU; they are still
+    configured, compiled and planned (their runs: tests/test_gpu_methods.py, on a GPU)."""
+    from compiler.plan import plan
+    from pipelines.summary import plan_lines
+    from runtime.store import Store
+
+    raw = compose(
+        [
+            "+pipeline=pt_sft",
+            "model=qwen2_5",
+            "stages.pt.finetuning_type=lora",
+            "stages.pt.loftq_bits=4",
+            "stages.pt.enable_liger_kernel=true",
+            "stages.sft.attn_implementation=flash_attention_2",
+            "stages.sft.precision=bf16",
+            "launcher.zero_stage=3",
+            "launcher.nproc_per_node=8",
+        ]
+    )
+    compiled = compile_pipeline(raw, tmp_path, DigestCache())
+    pt = compiled.graph.nodes["pt"]["node"]
+    preset = yaml.safe_load((CONF / "model" / "qwen2_5.yaml").read_text())
+    assert pt.config.loftq_bits == 4 and pt.config.lora_target == preset["lora_target"]
+    store = Store(tmp_path / "store")
+    lines = plan_lines(plan(compiled.graph, store), compiled.graph, compiled.spec.launcher)
+    assert "pt: run (new)" in lines and "sft: run (new)" in lines
