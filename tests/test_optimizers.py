@@ -157,3 +157,35 @@ def test_a_missing_package_is_one_install_hint(
     )
     with pytest.raises(UserError, match="use_badam needs badam"):
         train(prepared, tmp_path, use_badam=True)
+
+
+@pytest.mark.parametrize("mode", ["ascending", "descending", "fixed"])
+def test_a_resumed_badam_run_continues_the_block_schedule(tmp_path: Path, mode: str) -> None:
+    """The block active after k steps of a fresh run is the one a run resumed at step k starts
+    with (BAdam itself does not checkpoint it)."""
+    pytest.importorskip("badam")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stages.model.optimizers import build_optimizer
+
+    build_model(tmp_path, **{**SMALL, "num_hidden_layers": 4})
+    cfg = SftConfig(finetuning_type="full", use_badam=True, badam_switch_interval=2)
+    cfg.badam_switch_mode = mode
+
+    def active(opt: object) -> list[str]:
+        return list(opt.active_param_prefixs)  # type: ignore[attr-defined]
+
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    fresh = build_optimizer(model, cfg)
+    ids = torch.tensor([[5, 9, 14, 20, 33]])
+    seen = [active(fresh)]
+    for _ in range(7):
+        model(ids, labels=ids).loss.backward()
+        fresh.step()
+        fresh.zero_grad()
+        seen.append(active(fresh))
+    assert len({tuple(s) for s in seen}) == (1 if mode == "fixed" else 4)  # it did switch
+    for k in (1, 2, 3, 5, 6):
+        resumed = build_optimizer(AutoModelForCausalLM.from_pretrained(str(tmp_path)), cfg, k)
+        assert active(resumed) == seen[k], k

@@ -46,7 +46,7 @@ def fine_tune(
     optimizer = (
         adapters.loraplus_optimizer(model, cfg)
         if cfg.loraplus_lr_ratio
-        else build_optimizer(model, cfg)
+        else build_optimizer(model, cfg, _step(ctx.resume_from))
     )
     trainer = SparseLogitsTrainer(
         model=model,
@@ -70,3 +70,8 @@ def fine_tune(
     else:
         write_model_json(ctx.out, "full")
     return model
+
+
+def _step(checkpoint: Any) -> int:
+    """The global step of a `checkpoint-N` directory (0 for a fresh run)."""
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0

@@ -56,8 +56,9 @@ def _low_rank(name: str, target: str | list[str], args: dict[str, Any]) -> dict[
     }
 
 
-def build_optimizer(model: Any, cfg: Any) -> Any:
-    """BAdam's block optimizer over AdamW, or None (the Trainer builds the optimizer)."""
+def build_optimizer(model: Any, cfg: Any, resumed_step: int = 0) -> Any:
+    """BAdam's block optimizer over AdamW, or None (the Trainer builds the optimizer). BAdam does
+    not checkpoint which block is active: a resumed run recomputes it from the step."""
     if not cfg.use_badam:
         return None
     import torch
@@ -69,15 +70,31 @@ def build_optimizer(model: Any, cfg: Any) -> Any:
     base = torch.optim.AdamW(
         [p for _, p in named], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
-    return BlockOptimizer(
+    optimizer = BlockOptimizer(
         base_optimizer=base,
         named_parameters_list=named,
         block_prefix_list=None,  # one block per decoder layer
         switch_block_every=cfg.badam_switch_interval,
-        start_block=cfg.badam_start_block,
+        start_block=badam_block(cfg, model.config.num_hidden_layers, resumed_step),
         switch_mode=cfg.badam_switch_mode,
         verbose=cfg.badam_verbose,
     )
+    optimizer.global_step = resumed_step  # the next switch falls where it would have
+    return optimizer
+
+
+def badam_block(cfg: Any, blocks: int, step: int) -> int | None:
+    """The block active at `step` (one block per decoder layer); None lets BAdam choose (random
+    order, which a resumed run cannot replay)."""
+    if cfg.badam_switch_mode == "random":
+        return cfg.badam_start_block
+    first = cfg.badam_start_block
+    if first is None:
+        first = blocks - 1 if cfg.badam_switch_mode == "descending" else 0
+    # BAdam switches after every step g with (g + 1) % interval == 0 (g counted from 1)
+    switches = (step + 1) // cfg.badam_switch_interval if step else 0
+    direction = {"ascending": 1, "descending": -1, "fixed": 0}[cfg.badam_switch_mode]
+    return (first + direction * switches) % blocks
 
 
 def check(cfg: Any) -> list[tuple[str, str]]:
