@@ -122,6 +122,7 @@ def test_pt_then_sft_runs_and_the_chain_is_planned(tmp_path: Path) -> None:
         manifest["metrics"]["steps"] == 6
         and manifest["inputs"]["data"]["name"] == "blocks:demo_text"
     )
+    assert manifest["metrics"]["gradient_checkpointing"] is False  # auto: not needed here
     assert (pt / "loss.png").read_bytes().startswith(b"\x89PNG")
     sft = json.loads(
         (store / "artifacts" / "sft" / record["stages"]["sft"]["key"] / "manifest.json").read_text()
@@ -133,3 +134,16 @@ def test_pt_then_sft_runs_and_the_chain_is_planned(tmp_path: Path) -> None:
     assert "pt: run (upstream changed (blocks:demo_text))" in lines
     assert any(line.startswith("sft: run (upstream changed (") for line in lines)
     assert any("gradient checkpointing auto -> off" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_auto_checkpointing_turns_on_when_the_device_is_too_small(tmp_path: Path) -> None:
+    args = ["+pipeline=pt", "stages.pt.max_steps=2", "launcher.device_memory_gb=0.4"]
+    plan = pipelines("plan", *args, cwd=tmp_path)
+    assert any(
+        "gradient checkpointing auto -> on (needed:" in line for line in plan.stdout.splitlines()
+    )
+    result = pipelines("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (manifest,) = (tmp_path / "store" / "artifacts" / "pt").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["metrics"]["gradient_checkpointing"] is True

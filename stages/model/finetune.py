@@ -34,6 +34,7 @@ def fine_tune(
     if missing:
         raise UserError(missing)
     cfg = dataclasses.replace(cfg, gradient_checkpointing=checkpointing(cfg, ctx))
+    ctx.metrics["gradient_checkpointing"] = cfg.gradient_checkpointing  # what `auto` chose
     upstream = ctx.inputs["model"]
     resolve = ctx.resolve or (lambda key: upstream)
     model, base_key = adapters.trainable_model(upstream, cfg, ctx.input_keys.get("model"), resolve)
