@@ -142,7 +142,7 @@ def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()
         if not ok:
             issues.append(Issue(f"{path}.{key}", f"expected {_tname(hints[key])}, got {value!r}"))
         elif choices and converted is not None and converted not in choices:
-            names = [str(c) for c in choices]
+            names = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]
             hint = did_you_mean(str(converted), names) or f"one of: {', '.join(names)}"
             issues.append(Issue(f"{path}.{key}", f"invalid value {converted!r}", hint))
         else:

@@ -48,6 +48,11 @@ CASES = {
         "  - stages.sft.max_steps: not available with streaming (a stream has no length: set max_steps)\n"
         "  - stages.sft.packing: not available with streaming (packing needs the whole dataset)",
     ),
+    "bad mixed choice": (
+        ["stages.sft.gradient_checkpointing=maybe"],
+        "config error (1):\n  - stages.sft.gradient_checkpointing: invalid value 'maybe' "
+        "(one of: true, false, auto)",
+    ),
     "bad choice": (
         ["stages.sft.finetuning_type=lorra"],
         "config error (1):\n"
