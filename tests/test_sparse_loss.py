@@ -99,3 +99,49 @@ def test_the_trainer_projects_only_trained_positions(model_dir: Path, tmp_path: 
     model.eval()  # evaluation keeps the model's own forward (it returns logits)
     trainer.compute_loss(model, dict(inputs))
     assert rows[-1] == inputs["input_ids"].shape[1]
+
+
+def test_packed_batches_count_tokens_equal_to_the_pad_id() -> None:
+    from stages.data.collate import collate
+    from stages.model.trainer import packed_tokens
+
+    pad = 2  # also a real token (an end-of-turn marker), as SmolLM2 pads with <|im_end|>
+    rows = [
+        {
+            "input_ids": [5, 6, 2, 7, 2],
+            "labels": [-100, 6, 2, -100, 2],
+            "position_ids": [0, 1, 2, 0, 1],
+        },
+        {"input_ids": [8, 9, 2], "labels": [-100, 9, 2], "position_ids": [0, 1, 2]},
+    ]
+    assert packed_tokens(collate(rows, pad), pad) == 8
+
+
+@pytest.mark.slow
+def test_a_neat_packed_run_counts_every_real_token(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    from stages.base import Context
+    from stages.model.loading import write_model_json
+    from stages.model.tiny import build_model, build_tokenizer
+    from stages.sft import SftConfig, SftStage
+    from stages.tokenize import TokenizeConfig, TokenizeStage
+
+    base, data = tmp_path / "base", tmp_path / "data"
+    build_model(base, **SMALL)
+    tok = build_tokenizer()
+    tok.pad_token = "<|im_end|>"  # padding indistinguishable from a real end of turn
+    tok.save_pretrained(base)
+    write_model_json(base, "full")
+    data.mkdir()
+    demo = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
+    entry = {"name": "demo", "path": str(demo), "formatting": "alpaca"}
+    ctx = Context("t", "k", data, tmp_path / "tw", {"model": base}, datasets={"dataset": [entry]})
+    TokenizeStage().run(ctx, TokenizeConfig(max_samples=48, cutoff_len=96, neat_packing=True))
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = Context("sft", "k", out, tmp_path / "w", {"model": base, "data": data})
+    cfg = SftConfig(finetuning_type="full", num_train_epochs=1, save_steps=100, report_to="none")
+    SftStage().run(ctx, cfg)
+    rows = load_from_disk(str(data / "train"))
+    assert ctx.metrics["tokens_seen"] == sum(len(r["input_ids"]) for r in rows)

@@ -36,6 +36,19 @@ class SparseLogitsTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # as the Trainer scales a model's loss
         return loss
 
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        """Neat-packed batches carry no attention mask, and the Trainer would count tokens equal
+        to the pad id as padding (SmolLM2 pads with its end-of-turn token): count them here.
+        (A transformers hook; were it renamed, the Trainer's own count applies.)"""
+        neat = "position_ids" in inputs and "attention_mask" not in inputs
+        if not neat or self.args.include_num_input_tokens_seen != "non_padding":
+            return super()._track_num_input_tokens(inputs)
+        import torch
+
+        pad_id = getattr(self.processing_class, "pad_token_id", None) or 0
+        real = torch.as_tensor(packed_tokens(inputs, pad_id), device=self.args.device)
+        self.state.num_input_tokens_seen += int(self.accelerator.gather(real).sum().item())
+
 
 def _plain_causal_lm(trainer: Trainer, model: Any) -> Any:
     """The causal LM under `model` when its logits are a plain projection of the decoder's last
@@ -67,3 +80,17 @@ def sparse_loss(causal: Any, inputs: dict[str, Any], num_items_in_batch: Any = N
     if num_items_in_batch is None:
         return total / keep.sum().clamp(min=1)
     return total / num_items_in_batch
+
+
+def packed_tokens(inputs: dict[str, Any], pad_id: int) -> int:
+    """Real tokens of a neat-packed batch: a row's padding is its last segment (position ids
+    restart at 0) when that segment is all pad ids with no label; no real example is."""
+    total = 0
+    for ids, pos, labels in zip(
+        inputs["input_ids"], inputs["position_ids"], inputs["labels"], strict=True
+    ):
+        last = int((pos == 0).nonzero()[-1])
+        tail = ids[last:]
+        padding = bool((tail == pad_id).all() and (labels[last:] == IGNORE).all())
+        total += last if padding else len(ids)
+    return total
