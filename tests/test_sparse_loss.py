@@ -145,3 +145,50 @@ def test_a_neat_packed_run_counts_every_real_token(tmp_path: Path) -> None:
     SftStage().run(ctx, cfg)
     rows = load_from_disk(str(data / "train"))
     assert ctx.metrics["tokens_seen"] == sum(len(r["input_ids"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_training_with_accumulation_matches_the_plain_trainer(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Same weights after accumulated steps: the loss is scaled as the Trainer scales the model's."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from stages.data.collate import collate
+    from stages.model.trainer import SparseLogitsTrainer
+
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for n in range(16):
+        ids = torch.randint(3, 90, (10 + n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * 6 + ids[6:]})
+
+    def weights(cls: type) -> dict:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        model.config.use_cache = False
+        args = TrainingArguments(
+            output_dir=str(tmp_path / cls.__name__),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            max_steps=2,
+            learning_rate=1e-2,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            seed=0,
+        )
+        trainer = cls(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            data_collator=lambda batch: collate(batch, 0),
+        )
+        trainer.train()
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    want, got = weights(Trainer), weights(SparseLogitsTrainer)
+    for name in want:
+        assert torch.allclose(got[name], want[name], atol=1e-5), name

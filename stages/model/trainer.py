@@ -29,7 +29,10 @@ class SparseLogitsTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         causal = _plain_causal_lm(self, model)
-        if return_outputs or causal is None or "labels" not in inputs or not model.training:
+        # the Trainer scales a loss for gradient accumulation as it would the model's own, which
+        # normalises by num_items_in_batch only when the model accepts loss kwargs
+        own = return_outputs or not self.model_accepts_loss_kwargs or not model.training
+        if own or causal is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = sparse_loss(causal, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
