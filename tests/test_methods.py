@@ -300,3 +300,12 @@ def test_llama_pro_trains_only_the_inserted_blocks(
         assert after[f"model.layers.{new}.self_attn.o_proj.weight"].abs().sum() > 0
     assert after["model.embed_tokens.weight"].equal(before["model.embed_tokens.weight"])
     assert_reload_matches(ctx, base)
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_gradient_checkpointing_reaches_the_model(
+    prepared: tuple[Path, Path], tmp_path: Path, setting: bool
+) -> None:
+    ctx, _ = train(prepared, tmp_path, finetuning_type="full", gradient_checkpointing=setting)
+    assert TRAINED["model"].is_gradient_checkpointing is setting  # type: ignore[attr-defined]
+    assert ctx.metrics["gradient_checkpointing"] is setting

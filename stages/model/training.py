@@ -35,7 +35,7 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
         use_liger_kernel=cfg.enable_liger_kernel,
         lr_scheduler_type=cfg.lr_scheduler_type,
         neftune_noise_alpha=cfg.neftune_noise_alpha,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{_checkpointing_arg(): cfg.gradient_checkpointing},
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
@@ -59,6 +59,20 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
         dataloader_pin_memory=has_cuda(),
         disable_tqdm=False,
         **extra,
+    )
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
     )
 
 
