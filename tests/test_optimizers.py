@@ -189,3 +189,30 @@ def test_a_resumed_badam_run_continues_the_block_schedule(tmp_path: Path, mode: 
     for k in (1, 2, 3, 5, 6):
         resumed = build_optimizer(AutoModelForCausalLM.from_pretrained(str(tmp_path)), cfg, k)
         assert active(resumed) == seen[k], k
+
+
+def test_a_target_string_names_modules_as_in_llama_factory() -> None:
+    """transformers reads a string target as one regex over the full module name, so a bare
+    "q_proj" would match nothing: a string other than "all" is a comma-separated list."""
+    cfg = SftConfig(finetuning_type="full", use_galore=True, galore_target="q_proj, v_proj")
+    assert trainer_args(cfg)["optim_target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_optimizer_settings_the_libraries_cannot_run_are_refused() -> None:
+    from stages.model.optimizers import check
+
+    cfg = SftConfig(finetuning_type="full", use_galore=True, galore_layerwise=True)
+    cfg.optim = "adafactor"
+    assert ("galore_layerwise", "the layer-wise GaLore Adafactor fails: use adamw") in check(cfg)
+    cfg = SftConfig(finetuning_type="full", use_apollo=True)
+    cfg.apollo_proj_type = "full"
+    assert [f for f, _ in check(cfg)] == ["apollo_proj_type"]
+
+
+def test_galore_on_named_modules_changes_only_those_in_the_layers(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("galore_torch")
+    ctx = train(prepared, tmp_path, use_galore=True, galore_rank=4, galore_target="q_proj")
+    moved = changed(prepared[0], ctx.out)
+    assert any(".self_attn.q_proj." in k for k in moved)

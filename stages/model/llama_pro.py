@@ -13,8 +13,11 @@ from typing import Any
 
 from stages.base import UserError
 
-# output projections of a decoder layer, by family (Llama, Qwen, Mistral, Gemma, Phi-3 ...)
+# output projections of a decoder layer, by family (Llama, Qwen, Mistral, Gemma, Phi-3 ...); an
+# nn.Linear of that name, or a fused parameter of that name (MoE experts in transformers 5)
 OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "dense", "fc2", "out_proj", "c_proj")
+# config lists that hold layer *indices* (renumbered), not one entry per layer (extended)
+INDEX_LISTS = ("mlp_only_layers",)
 
 
 def decoder_layers(model: Any) -> tuple[Any, Any]:
@@ -51,27 +54,39 @@ def expand_blocks(model: Any, num_new: int) -> list[int]:
             _zero_outputs(copied)
             new.append(len(expanded))
             expanded.append(copied)
+    planned = copy.deepcopy(model.config)
+    _expand_config(planned, count, group)
+    _check_rebuildable(planned, expanded)  # before anything changes: a refusal leaves the model
+    _expand_config(model.config, count, group)
     parent.layers = torch.nn.ModuleList(expanded)
     for i, layer in enumerate(parent.layers):
         for module in layer.modules():  # the KV cache is indexed by layer
             if hasattr(module, "layer_idx"):
                 module.layer_idx = i
-    _expand_config(model.config, count, group)
     return new
 
 
 def _zero_outputs(layer: Any) -> None:
+    """Zero every output projection: nn.Linear weights and biases, and fused expert tensors
+    (`experts.down_proj`, `experts.down_proj_bias`), so each residual branch adds nothing."""
     import torch
 
-    zeroed = 0
+    names = set(OUTPUT_PROJECTIONS) | {f"{n}_bias" for n in OUTPUT_PROJECTIONS}
+    owners = set()
     for name, module in layer.named_modules():
-        if name.split(".")[-1] in OUTPUT_PROJECTIONS and isinstance(module, torch.nn.Linear):
+        leaf = name.split(".")[-1]
+        if leaf in OUTPUT_PROJECTIONS and isinstance(module, torch.nn.Linear):
             with torch.no_grad():
                 module.weight.zero_()
                 if module.bias is not None:
                     module.bias.zero_()
-            zeroed += 1
-    if zeroed < 2:
+            owners.add(name)
+        for pname, param in module.named_parameters(recurse=False):
+            if pname in names and not isinstance(module, torch.nn.Linear):
+                with torch.no_grad():
+                    param.zero_()
+                owners.add(f"{name}.{pname}".removesuffix("_bias"))
+    if len(owners) < 2:
         raise UserError(
             "llama_pro_blocks: cannot find the attention and MLP output projections of a "
             f"{type(layer).__name__} (known names: {', '.join(OUTPUT_PROJECTIONS)})"
@@ -79,16 +94,51 @@ def _zero_outputs(layer: Any) -> None:
 
 
 def _expand_config(config: Any, count: int, group: int) -> None:
-    """num_hidden_layers, and any per-layer list (e.g. layer_types), extended the same way."""
+    """num_hidden_layers; per-layer lists (e.g. layer_types) extended the same way as the layers;
+    lists of layer indices (e.g. mlp_only_layers) renumbered, a copy following its original."""
     config.num_hidden_layers = count + count // group
+
+    def where(i: int) -> int:  # index of original layer i in the expanded model
+        return i + i // group
+
+    for key in INDEX_LISTS:
+        value = getattr(config, key, None)
+        if isinstance(value, list) and value:
+            grown = []
+            for i in value:
+                grown.append(where(i))
+                if (i + 1) % group == 0:
+                    grown.append(where(i) + 1)
+            setattr(config, key, grown)
     for key, value in list(vars(config).items()):
-        if isinstance(value, list) and len(value) == count:
+        if key not in INDEX_LISTS and isinstance(value, list) and len(value) == count:
             grown = []
             for i, item in enumerate(value):
                 grown.append(item)
                 if (i + 1) % group == 0:
                     grown.append(item)
             setattr(config, key, grown)
+
+
+def _check_rebuildable(config: Any, layers: list[Any]) -> None:
+    """The saved config must rebuild the same layer at every index, or reloading the expanded
+    model would drop weights (MoE models that choose dense or sparse layers by position)."""
+    import torch
+
+    for i, layer in enumerate(layers):
+        try:
+            with torch.device("meta"):
+                fresh = type(layer)(config, i)
+        except Exception:  # a layer that cannot be built this way: nothing to compare with
+            return
+        want = {n: tuple(p.shape) for n, p in layer.named_parameters()}
+        got = {n: tuple(p.shape) for n, p in fresh.named_parameters()}
+        if want != got:
+            raise UserError(
+                f"llama_pro_blocks: {type(layer).__name__} layers are laid out by position "
+                f"(the config would rebuild layer {i} differently after the expansion), so "
+                "this architecture cannot be expanded"
+            )
 
 
 def train_only(model: Any, layer_indices: list[int]) -> None:

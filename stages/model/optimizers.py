@@ -20,6 +20,7 @@ PACKAGES = {
     "use_badam": ("badam", "badam"),
 }
 BADAM_SWITCH = ("ascending", "descending", "random", "fixed")
+APOLLO_PROJ_TYPES = ("std", "reverse_std", "right", "left")  # apollo-torch has no "full"
 
 
 def trainer_args(cfg: Any) -> dict[str, Any]:
@@ -48,12 +49,21 @@ def trainer_args(cfg: Any) -> dict[str, Any]:
 
 
 def _low_rank(name: str, target: str | list[str], args: dict[str, Any]) -> dict[str, Any]:
-    targets = ALL_LAYERS if target == "all" else target
     return {
         "optim": name,
-        "optim_target_modules": targets,
+        "optim_target_modules": targets(target),
         "optim_args": ",".join(f"{k}={v}" for k, v in args.items()),
     }
+
+
+def targets(target: str | list[str]) -> str | list[str]:
+    """transformers matches a string as one regex over the whole module name, a list by name or
+    substring: "all" is the decoder layers, "q_proj,v_proj" (LLaMA-Factory style) a list."""
+    if target == "all":
+        return ALL_LAYERS
+    if isinstance(target, str):
+        return [name.strip() for name in target.split(",") if name.strip()]
+    return target
 
 
 def build_optimizer(model: Any, cfg: Any, resumed_step: int = 0) -> Any:
@@ -108,6 +118,11 @@ def check(cfg: Any) -> list[tuple[str, str]]:
             problems.append((name, "trains full weights: finetuning_type: full"))
     if cfg.use_galore and cfg.optim not in GALORE_OPTIM:
         problems.append(("optim", f"GaLore wraps one of: {', '.join(GALORE_OPTIM)}"))
+    if cfg.use_galore and cfg.galore_layerwise and cfg.optim == "adafactor":
+        # transformers turns relative_step off only for the non-layer-wise GaLore Adafactor
+        problems.append(("galore_layerwise", "the layer-wise GaLore Adafactor fails: use adamw"))
+    if cfg.use_apollo and cfg.apollo_proj_type not in APOLLO_PROJ_TYPES:
+        problems.append(("apollo_proj_type", f"APOLLO projects {', '.join(APOLLO_PROJ_TYPES)}"))
     if cfg.use_apollo and cfg.optim != "adamw_torch":
         problems.append(("optim", "APOLLO is an AdamW: leave optim at adamw_torch"))
     layerwise = (cfg.use_galore and cfg.galore_layerwise) or (

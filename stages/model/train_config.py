@@ -16,7 +16,7 @@ METHODS = ("lora", "full", "freeze")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION = ("eager", "sdpa", "flash_attention_2")  # flash-attention-2 where it is installed
 CHECKPOINTING = (True, False, "auto")
-PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
+PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")  # APOLLO: not full (optimizers.check)
 # what a training stage's key covers besides its own module (paths relative to stages/)
 TRAINING_CODE = (
     "model/train_config.py",
@@ -122,6 +122,8 @@ def check_training(cfg: TrainConfig) -> list[tuple[str, str]]:
         )
     if cfg.loftq_bits and cfg.pissa_init:
         problems.append(("loftq_bits", "choose one initialisation: loftq_bits or pissa_init"))
+    if cfg.llama_pro_blocks is not None and cfg.llama_pro_blocks <= 0:
+        problems.append(("llama_pro_blocks", "must be a positive number of blocks"))
     if cfg.llama_pro_blocks is not None and cfg.finetuning_type != "freeze":
         problems.append(
             ("llama_pro_blocks", "LLaMA Pro trains the new blocks: finetuning_type: freeze")
