@@ -29,6 +29,12 @@ def volatile(default: Any = dataclasses.MISSING, metadata: dict | None = None, *
     return field(default=default, metadata={"volatile": True, **(metadata or {})}, **kw)
 
 
+def forwarded_fields(config_cls: type, keep: tuple[str, ...] = ("seed",)) -> tuple[str, ...]:
+    """The fields a consumer forwards to an implicit node of this config: all but those the
+    consumer has a meaning of its own for (its `seed` is the training seed)."""
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.name not in keep)
+
+
 def semantic_fields(config_cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("volatile")]
 

@@ -3,36 +3,20 @@ method a training stage has (full, freeze, LLaMA Pro, LoRA, QLoRA), resumable li
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-from stages.base import MODEL, PT_DATA, Context, In
-from stages.data.mixing import STRATEGIES
+from stages.base import MODEL, PT_DATA, Context, In, forwarded_fields
+from stages.blocks import BlocksConfig
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 
-BLOCKS_FIELDS = (
-    "dataset",
-    "cutoff_len",
-    "max_samples",
-    "mix_strategy",
-    "interleave_probs",
-    "val_size",
-    "bad_rows",
-)
+BLOCKS_FIELDS = forwarded_fields(BlocksConfig)
 
 
 @dataclass
-class PtConfig(TrainConfig):
-    """Training fields (stages/model/train_config.py) plus the data fields, which are forwarded to
-    the implicit `blocks` node."""
-
-    dataset: str | list[str] = "demo_text"
-    cutoff_len: int = 512  # block size
-    max_samples: int | None = None
-    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
-    interleave_probs: list[float] | None = None
-    val_size: float = 0.0
-    bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
+class PtConfig(TrainConfig, BlocksConfig):
+    """Training fields (stages/model/train_config.py) plus the data fields of `blocks`, which
+    are forwarded to the implicit blocks node."""
 
 
 class PtStage:

@@ -7,53 +7,21 @@ a rerun after a crash resumes from the latest complete one with optimizer, sched
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from stages.base import MODEL, SFT_DATA, Context, In, volatile
-from stages.data.mixing import STRATEGIES
+from stages.base import MODEL, SFT_DATA, Context, In, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
+from stages.tokenize import TokenizeConfig
 
-TOKENIZE_FIELDS = (
-    "dataset",
-    "template",
-    "custom_template",
-    "cutoff_len",
-    "train_on_prompt",
-    "mask_history",
-    "packing",
-    "neat_packing",
-    "max_samples",
-    "mix_strategy",
-    "interleave_probs",
-    "val_size",
-    "bad_rows",
-    "num_proc",
-    "streaming",
-)
+TOKENIZE_FIELDS = forwarded_fields(TokenizeConfig)
 
 
 @dataclass
-class SftConfig(TrainConfig):
-    """Training fields (stages/model/train_config.py) plus the data fields, which are forwarded to
-    the implicit `tokenize` node."""
-
-    dataset: str | list[str] = "demo_sft"
-    template: str | None = None
-    custom_template: dict | None = None
-    cutoff_len: int = 512
-    train_on_prompt: bool = False
-    mask_history: bool = False
-    packing: bool = False
-    neat_packing: bool = False
-    max_samples: int | None = None
-    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
-    interleave_probs: list[float] | None = None
-    val_size: float = 0.0
-    bad_rows: str = field(default="error", metadata={"choices": ("error", "skip")})
-    num_proc: int = volatile(1)
-    streaming: bool = False  # tokenize while training (needs max_steps)
+class SftConfig(TrainConfig, TokenizeConfig):
+    """Training fields (stages/model/train_config.py) plus the data fields of `tokenize`, which
+    are forwarded to the implicit tokenize node."""
 
 
 class SftStage:
