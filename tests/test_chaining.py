@@ -10,47 +10,25 @@ from pathlib import Path
 import pytest
 
 from stages.base import Context
-from stages.model.loading import load_model, write_model_json
-from stages.model.tiny import build_model
-from stages.sft import SftConfig, SftStage
-from stages.tokenize import TokenizeConfig, TokenizeStage
-from tests.sizes import SMALL
+from stages.model.loading import load_model
+from stages.sft import SftConfig
+from tests.training import base_and_data, run_sft
 
 pytestmark = pytest.mark.slow
-DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
-TRAIN = {"max_steps": 3, "learning_rate": 1e-2, "save_steps": 100, "report_to": "none"}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """key -> artifact dir: a base, tokenized data, and a LoRA adapter trained on the base."""
-    root = tmp_path_factory.mktemp("chain")
-    arts = {"base": root / "base", "data": root / "data", "lora1": root / "lora1"}
-    build_model(arts["base"], **SMALL)
-    write_model_json(arts["base"], "full")
-    arts["data"].mkdir()
-    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
-    ctx = Context(
-        "t", "k", arts["data"], root / "tw", {"model": arts["base"]}, datasets={"dataset": [entry]}
-    )
-    TokenizeStage().run(ctx, TokenizeConfig(max_samples=48, cutoff_len=96))
+    base, data = base_and_data(tmp_path_factory.mktemp("chain"))
+    arts = {"base": base, "data": data}
     train(arts, "lora1", "base", finetuning_type="lora", lora_rank=4)
     return arts
 
 
 def train(arts: dict[str, Path], name: str, upstream: str, **cfg: object) -> Context:
     out = arts["base"].parent / name
-    out.mkdir()
-    ctx = Context(
-        name,
-        name,
-        out,
-        arts["base"].parent / f"{name}-work",
-        {"model": arts[upstream], "data": arts["data"]},
-        input_keys={"model": upstream},
-        resolve=lambda key: arts[key],
-    )
-    SftStage().run(ctx, SftConfig(**{**TRAIN, **cfg}))  # type: ignore[arg-type]
+    ctx = run_sft(arts[upstream], arts["data"], out, upstream_key=upstream, resolve=arts, **cfg)
     arts[name] = out
     return ctx
 

@@ -11,44 +11,19 @@ from pathlib import Path
 import pytest
 
 from stages.base import Context, UserError
-from stages.model.loading import load_model, write_model_json
-from stages.model.tiny import build_model
-from stages.sft import SftConfig, SftStage
-from stages.tokenize import TokenizeConfig, TokenizeStage
-from tests.sizes import SMALL
+from stages.model.loading import load_model
+from tests.training import base_and_data, run_sft
 
 pytestmark = pytest.mark.slow
-DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("gpu")
-    base, data = root / "base", root / "data"
-    build_model(base, **SMALL)
-    write_model_json(base, "full")
-    data.mkdir()
-    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
-    ctx = Context("t", "k", data, root / "tw", {"model": base}, datasets={"dataset": [entry]})
-    TokenizeStage().run(ctx, TokenizeConfig(max_samples=48, cutoff_len=96))
-    return base, data
+    return base_and_data(tmp_path_factory.mktemp("gpu"))
 
 
 def train(prepared: tuple[Path, Path], tmp_path: Path, **cfg: object) -> Context:
-    base, data = prepared
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = Context(
-        "sft",
-        "k",
-        out,
-        tmp_path / "work",
-        {"model": base, "data": data},
-        input_keys={"model": "base-key"},
-        resolve=lambda key: base,
-    )
-    defaults = {"max_steps": 3, "learning_rate": 1e-2, "save_steps": 100, "report_to": "none"}
-    SftStage().run(ctx, SftConfig(**{**defaults, **cfg}))  # type: ignore[arg-type]
+    ctx = run_sft(*prepared, tmp_path / "out", **cfg)
     assert math.isfinite(ctx.metrics["train_loss"])
     return ctx
 

@@ -10,28 +10,16 @@ from pathlib import Path
 import pytest
 
 from stages.base import Context
-from stages.model.loading import load_model, write_model_json
-from stages.model.tiny import build_model
-from stages.sft import SftConfig, SftStage
+from stages.model.loading import load_model
 from stages.tokenize import TokenizeConfig, TokenizeStage
-from tests.sizes import SMALL
+from tests.training import DEMO, base_and_data, run_sft
 
 pytestmark = pytest.mark.slow
-DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo" / "sft.jsonl"
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("methods")
-    base = root / "base"
-    build_model(base, **SMALL)
-    write_model_json(base, "full")
-    data = root / "data"
-    data.mkdir()
-    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
-    ctx = Context("t", "k", data, root / "twork", {"model": base}, datasets={"dataset": [entry]})
-    TokenizeStage().run(ctx, TokenizeConfig(max_samples=64, cutoff_len=96))
-    return base, data
+    return base_and_data(tmp_path_factory.mktemp("methods"), max_samples=64)
 
 
 TRAINED: dict[str, object] = {}
@@ -53,27 +41,7 @@ def keep_trained_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def train(prepared: tuple[Path, Path], tmp_path: Path, **overrides: object) -> tuple[Context, Path]:
     base, data = prepared
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = Context(
-        "sft",
-        "k",
-        out,
-        tmp_path / "work",
-        {"model": base, "data": data},
-        input_keys={"model": "base-key"},
-        resolve=lambda key: base,
-    )
-    defaults = {
-        "max_steps": 3,
-        "per_device_train_batch_size": 8,
-        "learning_rate": 1e-2,
-        "save_steps": 100,
-        "logging_steps": 1,
-        "report_to": "none",
-    }
-    cfg = SftConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
-    SftStage().run(ctx, cfg)
+    ctx = run_sft(base, data, tmp_path / "out", **overrides)
     assert math.isfinite(ctx.metrics["train_loss"])
     return ctx, base
 
