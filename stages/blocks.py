@@ -35,6 +35,7 @@ class BlocksStage:
     code: ClassVar[tuple[str, ...]] = (
         "data/formats.py",
         "data/sources.py",
+        "data/examples.py",
         "data/encode.py",
         "data/mixing.py",
         "tokenize.py",
@@ -86,20 +87,11 @@ def _texts(entry: dict[str, Any], cfg: BlocksConfig, counts: dict, ctx: Context)
     """The documents of one dataset; a bad row raises, or with bad_rows=skip is counted."""
     from tqdm import tqdm
 
-    from stages.data.formats import to_example
-    from stages.data.sources import iter_rows
+    from stages.data.examples import usable_examples
 
-    texts: list[str] = []
     skipped: list[str] = []
-    for n, (where, row) in enumerate(tqdm(iter_rows(entry), desc=f"read {entry['name']}")):
-        if cfg.max_samples is not None and n >= cfg.max_samples:
-            break
-        try:
-            texts.append(str(to_example(row, entry, where).text))
-        except UserError as e:
-            if cfg.bad_rows == "error":
-                raise
-            skipped.append(str(e))
+    rows = usable_examples(entry, "text", cfg.max_samples, cfg.bad_rows, skipped)
+    texts = [str(e.text) for e in tqdm(rows, desc=f"read {entry['name']}")]
     if skipped:
         ctx.log.warning("%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), skipped[0])
     counts["documents"] += len(texts)

@@ -8,31 +8,40 @@ from typing import Any
 
 from stages.base import UserError
 from stages.data.encode import IGNORE, encode, truncate
-from stages.data.formats import to_example
+from stages.data.formats import Example, to_example
 from stages.data.sources import iter_rows
 
 Chat = tuple[list[dict[str, str]], Any]
 
 
-def supervised_chats(
-    entry: dict[str, Any], max_samples: int | None, bad_rows: str, skipped: list[str]
-) -> Iterator[Chat]:
-    """(messages, tools) per usable row, in order; a bad row raises, or with bad_rows=skip is
-    appended to `skipped` (never dropped silently)."""
+NEEDS = {"supervised": "sft needs a prompt and a response", "text": "pt needs plain text"}
+
+
+def usable_examples(
+    entry: dict[str, Any], kind: str, max_samples: int | None, bad_rows: str, skipped: list[str]
+) -> Iterator[Example]:
+    """The examples of `kind` in a dataset, in order; a bad row (or one of another kind) raises,
+    or with bad_rows=skip is appended to `skipped` (never dropped silently)."""
     for n, (where, row) in enumerate(iter_rows(entry)):
         if max_samples is not None and n >= max_samples:
             return
         try:
             example = to_example(row, entry, where)
-            if example.kind != "supervised":
-                raise UserError(
-                    f"{where}: a {example.kind} example; sft needs a prompt and a response"
-                )
+            if example.kind != kind:
+                raise UserError(f"{where}: a {example.kind} example; {NEEDS[kind]}")
         except UserError as e:
             if bad_rows == "error":
                 raise
             skipped.append(str(e))
             continue
+        yield example
+
+
+def supervised_chats(
+    entry: dict[str, Any], max_samples: int | None, bad_rows: str, skipped: list[str]
+) -> Iterator[Chat]:
+    """(messages, tools) per usable supervised row."""
+    for example in usable_examples(entry, "supervised", max_samples, bad_rows, skipped):
         yield example.messages, example.tools or None
 
 
