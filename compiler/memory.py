@@ -161,11 +161,18 @@ def checkpointing_needed(
 ) -> tuple[bool, float] | None:
     """`gradient_checkpointing: auto` decided: (on?, bytes needed without it), or None when
     there is nothing to estimate."""
-    parts = stage_memory(graph, name, find, launcher, gradient_checkpointing=False)
-    if parts is None:
+    without = memory_without_checkpointing(graph, name, find, launcher)
+    if without is None:
         return None
-    without = sum(parts.values())
     return without > device_memory(getattr(launcher, "device_memory_gb", None)), without
+
+
+def memory_without_checkpointing(
+    graph: nx.DiGraph, name: str, find: Callable[[str], Path | None] | None, launcher: Any
+) -> float | None:
+    """Total estimated bytes with gradient checkpointing off: what `auto` compares."""
+    parts = stage_memory(graph, name, find, launcher, gradient_checkpointing=False)
+    return sum(parts.values()) if parts is not None else None
 
 
 def device_memory(configured_gb: float | None) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 from compiler.compile import Compiled
 from compiler.graph import Node
-from compiler.memory import GIB, stage_memory
+from compiler.memory import GIB, memory_without_checkpointing
 from compiler.plan import CACHED, plan
 from runtime.launchers import Launcher
 from runtime.store import Store
@@ -151,12 +151,10 @@ def _spec(
 def _memory(node: Node, compiled: Compiled, store: Store) -> dict[str, float]:
     """What a training stage needs to decide `gradient_checkpointing: auto` where it runs."""
     launcher = compiled.spec.launcher
-    parts = stage_memory(
-        compiled.graph, node.name, store.find, launcher, gradient_checkpointing=False
-    )
-    if parts is None:
+    without = memory_without_checkpointing(compiled.graph, node.name, store.find, launcher)
+    if without is None:
         return {}
-    memory = {"without_checkpointing": sum(parts.values())}
+    memory = {"without_checkpointing": without}
     if launcher.device_memory_gb:
         memory["device"] = launcher.device_memory_gb * GIB
     return memory
