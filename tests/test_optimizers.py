@@ -189,9 +189,20 @@ def test_optimizer_settings_the_libraries_cannot_run_are_refused() -> None:
     cfg = SftConfig(finetuning_type="full", use_galore=True, galore_layerwise=True)
     cfg.optim = "adafactor"
     assert ("galore_layerwise", "the layer-wise GaLore Adafactor fails: use adamw") in check(cfg)
-    cfg = SftConfig(finetuning_type="full", use_apollo=True)
-    cfg.apollo_proj_type = "full"
-    assert [f for f, _ in check(cfg)] == ["apollo_proj_type"]
+    from compiler.errors import Issue
+    from compiler.schema import validate
+
+    issues: list[Issue] = []
+    stage = {
+        "kind": "sft",
+        "finetuning_type": "full",
+        "use_apollo": True,
+        "apollo_proj_type": "full",
+    }
+    validate({"stages": {"s": stage}}, issues)
+    assert [str(i) for i in issues] == [
+        "stages.s.apollo_proj_type: invalid value 'full' (one of: std, reverse_std, right, left)"
+    ]
 
 
 def test_galore_on_named_modules_changes_only_those_in_the_layers(

@@ -121,8 +121,6 @@ def check(cfg: Any) -> list[tuple[str, str]]:
     if cfg.use_galore and cfg.galore_layerwise and cfg.optim == "adafactor":
         # transformers turns relative_step off only for the non-layer-wise GaLore Adafactor
         problems.append(("galore_layerwise", "the layer-wise GaLore Adafactor fails: use adamw"))
-    if cfg.use_apollo and cfg.apollo_proj_type not in APOLLO_PROJ_TYPES:
-        problems.append(("apollo_proj_type", f"APOLLO projects {', '.join(APOLLO_PROJ_TYPES)}"))
     if cfg.use_apollo and cfg.optim != "adamw_torch":
         problems.append(("optim", "APOLLO is an AdamW: leave optim at adamw_torch"))
     layerwise = (cfg.use_galore and cfg.galore_layerwise) or (

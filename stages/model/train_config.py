@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stages.base import volatile
-from stages.model.optimizers import BADAM_SWITCH
+from stages.model.optimizers import APOLLO_PROJ_TYPES, BADAM_SWITCH
 from stages.model.optimizers import check as check_optimizer
 
 METHODS = ("lora", "full", "freeze")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION = ("eager", "sdpa", "flash_attention_2")  # flash-attention-2 where it is installed
 CHECKPOINTING = (True, False, "auto")
-PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")  # APOLLO: not full (optimizers.check)
+GALORE_PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 # what a training stage's key covers besides its own module (paths relative to stages/)
 TRAINING_CODE = (
     "model/train_config.py",
@@ -65,7 +65,7 @@ class TrainConfig:
     galore_rank: int = 16
     galore_update_interval: int = 200
     galore_scale: float = 2.0
-    galore_proj_type: str = field(default="std", metadata={"choices": PROJ_TYPES})
+    galore_proj_type: str = field(default="std", metadata={"choices": GALORE_PROJ_TYPES})
     galore_layerwise: bool = False
     use_apollo: bool = False
     apollo_target: str | list[str] = "all"
@@ -73,7 +73,7 @@ class TrainConfig:
     apollo_update_interval: int = 200
     apollo_scale: float = 32.0
     apollo_proj: str = field(default="random", metadata={"choices": ("svd", "random")})
-    apollo_proj_type: str = field(default="std", metadata={"choices": PROJ_TYPES})
+    apollo_proj_type: str = field(default="std", metadata={"choices": APOLLO_PROJ_TYPES})
     apollo_scale_type: str = field(default="channel", metadata={"choices": ("channel", "tensor")})
     apollo_layerwise: bool = False
     use_badam: bool = False
