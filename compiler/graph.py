@@ -76,11 +76,17 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
 
 
 def _wire(node: Node, refs: dict[str, str | None], nodes: dict[str, Node], issues: list) -> None:
-    """Resolve each input role of `node` to a producer: named, implicit, or the default."""
-    for role, want in node.stage.inputs.items():
+    """Resolve each input role of `node` to a producer: named, implicit, or the default (a fixed
+    node, or the producer of another role: `same_as`)."""
+    roles = node.stage.inputs
+    order = sorted(roles, key=lambda r: roles[r].same_as is not None)  # same_as after its role
+    for role in order:
+        want = roles[role]
         ref = refs.get(role)
         if ref is None and want.implicit:
             ref = _implicit(node, role, nodes)
+        elif ref is None and want.same_as:
+            ref = node.inputs.get(want.same_as)
         elif ref is None:
             ref = want.default
         if ref is None:
@@ -93,11 +99,22 @@ def _wire(node: Node, refs: dict[str, str | None], nodes: dict[str, Node], issue
             issues.append(Issue(f"{node.path}.{role}", f"no stage named '{ref}'", hint))
             continue
         produced = nodes[ref].stage.output
-        if produced != want.type:
-            msg = f"'{ref}' produces a {produced} artifact, but {role} needs a {want.type}"
-            issues.append(Issue(f"{node.path}.{role}", msg))
+        if produced not in want.accepts:
+            needs = " or ".join(want.accepts)
+            msg = f"'{ref}' produces a {produced} artifact, but {role} needs a {needs}"
+            issues.append(Issue(f"{node.path}.{role}", msg, _producer_hint(want.accepts)))
             continue
         node.inputs[role] = ref
+
+
+def _producer_hint(accepts: tuple[str, ...]) -> str | None:
+    """Which stage kinds make what a role accepts."""
+    kinds = sorted(k for k, s in KINDS.items() if s.output in accepts and not _is_data(s))
+    return f"name a stage of kind {' / '.join(kinds)}" if kinds else None
+
+
+def _is_data(stage: Any) -> bool:
+    return stage.kind in {s.inputs[r].implicit for s in KINDS.values() for r in s.inputs}
 
 
 def _implicit(consumer: Node, role: str, nodes: dict[str, Node]) -> str:

@@ -5,8 +5,23 @@ Importing this package must stay cheap (no torch): the compiler reads these decl
 
 from stages.base_model import BaseModelStage
 from stages.blocks import BlocksStage
+from stages.pairs import PairsStage
+from stages.prompts import PromptsStage
 from stages.pt import PtStage
+from stages.rm import RmStage
 from stages.sft import SftStage
 from stages.tokenize import TokenizeStage
 
-KINDS = {s.kind: s for s in (BaseModelStage, TokenizeStage, BlocksStage, PtStage, SftStage)}
+KINDS = {
+    s.kind: s
+    for s in (
+        BaseModelStage,
+        TokenizeStage,
+        BlocksStage,
+        PairsStage,
+        PromptsStage,
+        PtStage,
+        SftStage,
+        RmStage,
+    )
+}

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 # Artifact types: what a stage produces and what an input role accepts.
-MODEL = "model"
+MODEL = "model"  # a causal LM: full weights, or a base key plus adapter(s)
+REWARD_MODEL = "reward_model"  # the same layouts, with a one-output scalar head
 SFT_DATA = "sft_data"
 PT_DATA = "pt_data"  # token blocks for pre-training
+PREFERENCE_DATA = "preference_data"  # prompt ids shared by a chosen and a rejected reply
+KTO_DATA = "kto_data"  # prompt and reply ids with a desirable / undesirable label
+PROMPTS = "prompts"  # prompts to sample replies from (RL), with their messages kept
 DATASET = "dataset"
 METRICS = "metrics"
 
@@ -43,16 +47,24 @@ def semantic_fields(config_cls: type) -> list[str]:
 class In:
     """One input role of a stage kind.
 
-    `default` names the node used when the user gives none (e.g. the implicit `base` model).
-    `implicit` names the kind of an implicit node the compiler creates for this role, configured
-    from the consumer's own fields listed in `forwards` (e.g. sft's data -> a `tokenize` node).
+    `type` is the artifact type accepted, or a tuple of them (eval takes a model or a reward
+    model). `default` names the node used when the user gives none (e.g. the implicit `base`
+    model); `same_as` names another role whose producer is the default instead (dpo's `ref_model`
+    is the policy's upstream unless named). `implicit` names the kind of an implicit node the
+    compiler creates for this role, configured from the consumer's own fields listed in
+    `forwards` (e.g. sft's data -> a `tokenize` node).
     """
 
-    type: str
+    type: str | tuple[str, ...]
     default: str | None = None
     implicit: str | None = None
     forwards: tuple[str, ...] = ()
     optional: bool = False
+    same_as: str | None = None
+
+    @property
+    def accepts(self) -> tuple[str, ...]:
+        return self.type if isinstance(self.type, tuple) else (self.type,)
 
 
 @dataclass

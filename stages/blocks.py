@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, PT_DATA, Context, In, UserError
+from stages.data.config import BAD_ROWS
 from stages.data.mixing import STRATEGIES
-
-BAD_ROWS = ("error", "skip")
+from stages.data.shapes import TEXT, refuse
 
 
 @dataclass
@@ -48,9 +48,7 @@ class BlocksStage:
     @staticmethod
     def check_dataset(entry: dict[str, Any]) -> str | None:
         """Compile-time: plain text only."""
-        if entry.get("formatting") != "text":
-            return "is not plain text; pt trains on documents (a dataset with formatting: text)"
-        return None
+        return refuse(entry, (TEXT,), "pt needs plain text (formatting: text)")
 
     def run(self, ctx: Context, cfg: BlocksConfig) -> None:
         from datasets import Dataset

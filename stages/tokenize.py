@@ -5,31 +5,20 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, UserError, volatile
-from stages.data.mixing import STRATEGIES
-
-BAD_ROWS = ("error", "skip")
+from stages.data.config import ChatDataConfig
+from stages.data.shapes import SUPERVISED, refuse
 
 
 @dataclass
-class TokenizeConfig:
-    dataset: str | list[str] = "demo_sft"  # a name in `datasets`, or several (mixed)
-    template: str | None = None  # None: the tokenizer's own chat template
-    custom_template: dict | None = None  # slots: system / user / assistant / tool / generation
-    cutoff_len: int = 512
+class TokenizeConfig(ChatDataConfig):
     train_on_prompt: bool = False
     mask_history: bool = False  # train on the last assistant turn only
     packing: bool = False
     neat_packing: bool = False  # packed examples cannot attend to each other
-    max_samples: int | None = None  # per dataset
-    mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
-    interleave_probs: list[float] | None = None
-    val_size: float = 0.0  # a fraction (< 1) or a count of validation examples
-    bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
-    seed: int = 42
     num_proc: int = volatile(1)  # tokenizer processes: faster, same bytes
     streaming: bool = False  # tokenize while training instead (corpora too large for disk)
 
@@ -40,6 +29,8 @@ class TokenizeStage:
     inputs: ClassVar[dict[str, In]] = {"model": In(MODEL, default="base")}
     output: ClassVar[str] = SFT_DATA
     code: ClassVar[tuple[str, ...]] = (
+        "data/config.py",
+        "data/shapes.py",
         "data/formats.py",
         "data/sources.py",
         "data/templates.py",
@@ -56,11 +47,7 @@ class TokenizeStage:
     @staticmethod
     def check_dataset(entry: dict[str, Any]) -> str | None:
         """Compile-time: supervised data only."""
-        if entry.get("ranking"):
-            return "holds preference pairs; sft needs supervised data (preference data is for dpo / orpo / rm)"
-        if entry.get("formatting") == "text":
-            return "holds plain text; sft needs supervised data (plain text is for pt)"
-        return None
+        return refuse(entry, (SUPERVISED,), "sft needs supervised data")
 
     def run(self, ctx: Context, cfg: TokenizeConfig) -> None:
         from datasets import Dataset

@@ -79,7 +79,10 @@ def test_missing_stage_suggests_the_near_name(tmp_path: Path, data: Path) -> Non
 def test_wrong_artifact_type_is_rejected(tmp_path: Path, data: Path) -> None:
     blocks = {"blob": fake(), "sft": {"kind": "sft", "model": "blob", "dataset": "d"}}
     errors = errors_of(blocks, tmp_path, {"d": {"path": str(data)}})
-    assert errors == ["stages.sft.model: 'blob' produces a blob artifact, but model needs a model"]
+    assert errors == [
+        "stages.sft.model: 'blob' produces a blob artifact, but model needs a model "
+        "(name a stage of kind base / pt / sft)"
+    ]
 
 
 def test_sft_gets_implicit_base_and_tokenize_nodes(tmp_path: Path, data: Path) -> None:

@@ -89,10 +89,10 @@ def test_pt_refuses_supervised_data_and_sft_refuses_text_at_compile_time() -> No
     with pytest.raises(CompileError) as e:
         build_graph(validate(raw, issues, Path.cwd()), Path.cwd(), issues)
     assert sorted(str(i) for i in e.value.issues) == [
-        "stages.p.dataset: dataset 'chat' is not plain text; pt trains on documents "
-        "(a dataset with formatting: text)",
-        "stages.s.dataset: dataset 'text' holds plain text; sft needs supervised data "
-        "(plain text is for pt)",
+        "stages.p.dataset: dataset 'chat' holds supervised data; pt needs plain text "
+        "(formatting: text); supervised data is for sft (or as prompts: ppo / grpo)",
+        "stages.s.dataset: dataset 'text' holds text data; sft needs supervised data; "
+        "text data is for pt",
     ]
 
 

@@ -10,6 +10,7 @@ from compiler.compile import compile_pipeline
 from compiler.digests import DigestCache
 from compiler.errors import CompileError, Issue
 from compiler.schema import validate
+from stages import KINDS
 
 
 def issues_of(raw: dict) -> list[str]:
@@ -54,7 +55,7 @@ def test_kind_unknown_missing_and_choice_violations() -> None:
         }
     ) == [
         "stages.a.kind: unknown kind 'sfft' (did you mean 'sft'?)",
-        "stages.b.kind: missing 'kind' (one of: base, blocks, pt, sft, tokenize)",
+        f"stages.b.kind: missing 'kind' (one of: {', '.join(sorted(KINDS))})",
         "stages.c.finetuning_type: invalid value 'lorra' (did you mean 'lora'?)",
     ]
 

@@ -14,21 +14,33 @@ from stages.data.sources import iter_rows
 Chat = tuple[list[dict[str, str]], Any]
 
 
-NEEDS = {"supervised": "sft needs a prompt and a response", "text": "pt needs plain text"}
+NEEDS = {
+    "supervised": "sft needs a prompt and a response",
+    "text": "pt needs plain text",
+    "preference": "this stage needs a prompt with a chosen and a rejected reply",
+    "kto": "kto needs a prompt, a reply and a kto_tag label",
+    "prompt": "this stage needs prompts (a chat ending in a user turn, or any chat data)",
+}
 
 
 def usable_examples(
-    entry: dict[str, Any], kind: str, max_samples: int | None, bad_rows: str, skipped: list[str]
+    entry: dict[str, Any],
+    kind: str | tuple[str, ...],
+    max_samples: int | None,
+    bad_rows: str,
+    skipped: list[str],
 ) -> Iterator[Example]:
-    """The examples of `kind` in a dataset, in order; a bad row (or one of another kind) raises,
-    or with bad_rows=skip is appended to `skipped` (never dropped silently)."""
+    """The examples of `kind` (or of any of several kinds) in a dataset, in order; a bad row (or
+    one of another kind) raises, or with bad_rows=skip is appended to `skipped` (never dropped
+    silently)."""
+    kinds = (kind,) if isinstance(kind, str) else kind
     for n, (where, row) in enumerate(iter_rows(entry)):
         if max_samples is not None and n >= max_samples:
             return
         try:
             example = to_example(row, entry, where)
-            if example.kind != kind:
-                raise UserError(f"{where}: a {example.kind} example; {NEEDS[kind]}")
+            if example.kind not in kinds:
+                raise UserError(f"{where}: a {example.kind} example; {NEEDS[kinds[0]]}")
         except UserError as e:
             if bad_rows == "error":
                 raise

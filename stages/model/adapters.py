@@ -13,25 +13,32 @@ LOFTQ_BASE = "loftq_base"  # LoftQ rewrites the base weights: the artifact keeps
 
 
 def trainable_model(
-    upstream: Path, cfg: Any, upstream_key: str | None, resolve: Callable[[str], Path]
+    upstream: Path,
+    cfg: Any,
+    upstream_key: str | None,
+    resolve: Callable[[str], Path],
+    head: str | None = None,
 ) -> tuple[Any, str | None]:
     """The model to train and, for LoRA, the key of the full-weights model it adapts.
 
     An upstream adapter is continued (LoRA), or merged first (full, freeze, and LoRA with
-    create_new_adapter: the new adapter's base is then the upstream adapter artifact).
+    create_new_adapter: the new adapter's base is then the upstream adapter artifact). `head`
+    puts another head on the upstream model (`reward`: a scalar head, which always trains).
     """
-    from stages.model.loading import load_model, merged, read_model_json
+    from stages.model.loading import REWARD, load_model, merged, read_model_json
 
     meta = read_model_json(upstream)
     lora = cfg.finetuning_type == "lora"
+    new_head = head is not None and head != meta.get("head")
     options = {
         "quantization": quantization(cfg),
         "attn_implementation": cfg.attn_implementation,
         "rope_scaling": cfg.rope_scaling,
+        "head": head,
     }
     quant = options["quantization"]
     if meta["format"] == "adapter":
-        continue_adapter = lora and not cfg.create_new_adapter
+        continue_adapter = lora and not cfg.create_new_adapter and not new_head
         model = load_model(upstream, resolve, trainable_adapter=continue_adapter, **options)
         if continue_adapter:
             return model, meta["base"]
@@ -43,7 +50,7 @@ def trainable_model(
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
-        return add_lora(model, cfg), upstream_key
+        return add_lora(model, cfg, reward=head == REWARD), upstream_key
     if cfg.finetuning_type == "freeze" and cfg.llama_pro_blocks:
         from stages.model.llama_pro import expand_blocks, train_only
 
@@ -55,6 +62,8 @@ def trainable_model(
             cfg.freeze_trainable_modules,
             cfg.freeze_extra_modules,
         )
+    if head == REWARD:
+        model.score.requires_grad_(True)  # a new head always trains
     return model, None
 
 
@@ -75,7 +84,8 @@ def quantization(cfg: Any) -> Any:
     )
 
 
-def add_lora(model: Any, cfg: Any) -> Any:
+def add_lora(model: Any, cfg: Any, reward: bool = False) -> Any:
+    """A LoRA adapter; on a reward model PEFT also trains and saves the scalar head in full."""
     from peft import LoftQConfig, LoraConfig, get_peft_model
 
     target = "all-linear" if cfg.lora_target in (None, "all") else cfg.lora_target
@@ -96,7 +106,7 @@ def add_lora(model: Any, cfg: Any) -> Any:
         use_dora=cfg.use_dora,
         init_lora_weights=init,
         modules_to_save=cfg.additional_target,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if reward else "CAUSAL_LM",
         **loftq,
     )
     return get_peft_model(model, peft_cfg)
@@ -157,14 +167,16 @@ def remember_init(model: Any, cfg: Any, work: Path) -> None:
 
 def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
     """Weights (or the adapter) plus the generation config: where generation stops."""
+    lora = cfg.finetuning_type == "lora"
     if cfg.finetuning_type == "lora" and cfg.pissa_init:
         model.save_pretrained(
             str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT)
         )
     else:
         model.save_pretrained(str(out))
-    if cfg.finetuning_type == "lora":  # an adapter's save leaves the generation config out
-        model.get_base_model().generation_config.save_pretrained(str(out))
+    generation = getattr(model.get_base_model(), "generation_config", None) if lora else None
+    if generation is not None:  # an adapter's save leaves the generation config out
+        generation.save_pretrained(str(out))
     if cfg.finetuning_type == "lora" and cfg.loftq_bits:
         save_base_weights(model, out / LOFTQ_BASE)
 

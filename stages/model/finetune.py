@@ -1,13 +1,35 @@
 """The training run every training stage shares once its data is ready: build what trains from
-the upstream model, run the Trainer (resuming from a complete checkpoint), save the artifact."""
+the upstream model, run a Trainer (resuming from a complete checkpoint), save the artifact.
+
+Stages differ in their trainer (ours for pt / sft, TRL's for rm / dpo / kto / orpo / simpo), its
+config class and fields, the collator and the head; a `Recipe` names those, and everything else
+(methods, checkpoints, logs, metrics, the artifact's layout) is this one code path.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from stages.base import Context, UserError
 from stages.model.train_config import TrainConfig
+
+
+@dataclass
+class Recipe:
+    """How a stage trains: `trainer` (default: our SparseLogitsTrainer) with `args_cls` (default:
+    TrainingArguments) holding `args` besides the shared ones; `collator(tokenizer)` makes the
+    data collator (None: the trainer's own); `extra(model)` gives more trainer keywords once the
+    model exists (a reference model); `head` is the trained model's head."""
+
+    trainer: Any = None
+    args_cls: Any = None
+    args: dict[str, Any] = field(default_factory=dict)
+    collator: Callable[[Any], Any] | None = None
+    extra: Callable[[Any], dict[str, Any]] | None = None
+    head: str | None = None
 
 
 def fine_tune(
@@ -17,19 +39,23 @@ def fine_tune(
     train: Any,
     val: Any,
     stop_ids: list[int] | None = None,
+    recipe: Recipe | None = None,
 ) -> Any:
     """Train on `train` (validating on `val` when given) and write the model artifact to ctx.out;
     `stop_ids` end generation in the saved model (the template's end-of-turn tokens). Returns the
     trained model (LoRA: the PEFT model)."""
     from stages.data.collate import collate
     from stages.model import adapters
-    from stages.model.loading import write_model_json
+    from stages.model.loading import CAUSAL_LM, write_model_json
     from stages.model.optimizers import build_optimizer, missing_package
     from stages.model.plot import write_loss_png
     from stages.model.trainer import SparseLogitsTrainer
     from stages.model.training import callbacks, checkpointing, read_log, training_args
     from stages.model.training import train as train_and_record
 
+    recipe = recipe or Recipe(
+        collator=lambda tok: lambda rows: collate(rows, tok.pad_token_id or 0)
+    )
     missing = missing_package(cfg)
     if missing:
         raise UserError(missing)
@@ -37,39 +63,50 @@ def fine_tune(
     ctx.metrics["gradient_checkpointing"] = cfg.gradient_checkpointing  # what `auto` chose
     upstream = ctx.inputs["model"]
     resolve = ctx.resolve or (lambda key: upstream)
-    model, base_key = adapters.trainable_model(upstream, cfg, ctx.input_keys.get("model"), resolve)
+    model, base_key = adapters.trainable_model(
+        upstream, cfg, ctx.input_keys.get("model"), resolve, head=recipe.head
+    )
     model.config.use_cache = False  # no KV cache in training (and neat packing needs none)
     if stop_ids:
         unwrap = getattr(model, "get_base_model", lambda: model)
         unwrap().generation_config.eos_token_id = stop_ids
     adapters.remember_init(model, cfg, ctx.work)
-    args = training_args(ctx, cfg, has_eval=val is not None)
+    has_eval = val is not None
+    args = training_args(ctx, cfg, has_eval, recipe.args_cls, **recipe.args)
     optimizer = (
         adapters.loraplus_optimizer(model, cfg)
         if cfg.loraplus_lr_ratio
         else build_optimizer(model, cfg, _step(ctx.resume_from))
     )
-    trainer = SparseLogitsTrainer(
+    trainer = (recipe.trainer or SparseLogitsTrainer)(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=val,
-        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id or 0),
+        data_collator=recipe.collator(tokenizer) if recipe.collator else None,
         processing_class=tokenizer,  # counts non-padding tokens where there is no attention mask
-        callbacks=callbacks(ctx, cfg, has_eval=val is not None),
+        callbacks=callbacks(ctx, cfg, has_eval=has_eval),
         optimizers=(optimizer, None),
+        **(recipe.extra(model) if recipe.extra else {}),
     )
     train_and_record(trainer, ctx)
     write_loss_png(read_log(ctx.out), ctx.out / "loss.png")
+    model = trainer.model
     adapters.save_trained(model, ctx.out, cfg, ctx.work)
     tokenizer.save_pretrained(ctx.out)
+    head = recipe.head or CAUSAL_LM
     if cfg.finetuning_type == "lora":
         base_dir = adapters.LOFTQ_BASE if cfg.loftq_bits else None
         write_model_json(
-            ctx.out, "adapter", base=base_key, rope_scaling=cfg.rope_scaling, base_dir=base_dir
+            ctx.out,
+            "adapter",
+            base=base_key,
+            rope_scaling=cfg.rope_scaling,
+            base_dir=base_dir,
+            head=head,
         )
     else:
-        write_model_json(ctx.out, "full")
+        write_model_json(ctx.out, "full", head=head)
     return model
 
 

@@ -1,6 +1,8 @@
 """Load a model artifact: full weights, or a base (found by key) plus a PEFT adapter.
 
-`model.json` in the artifact says which: {"format": "full"} or {"format": "adapter", "base": key}.
+`model.json` in the artifact says which: {"format": "full"} or {"format": "adapter", "base": key},
+and which head the model has: a causal LM (the default) or a reward model's one-output scalar head
+({"head": "reward"}: AutoModelForSequenceClassification with num_labels 1).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_JSON = "model.json"
+CAUSAL_LM, REWARD = "causal_lm", "reward"
 
 
 def write_model_json(
@@ -19,12 +22,15 @@ def write_model_json(
     base: str | None = None,
     rope_scaling: dict | None = None,
     base_dir: str | None = None,
+    head: str = CAUSAL_LM,
 ) -> None:
     """`rope_scaling` is kept for adapters: their base must be loaded with it to match training
     (full weights carry it in their own config.json). `base_dir` names a copy of the base inside
     the artifact, for adapters whose initialisation rewrote the base (LoftQ); `base` still names
     where it came from."""
     meta: dict[str, Any] = {"format": fmt}
+    if head != CAUSAL_LM:
+        meta["head"] = head
     if fmt == "adapter":
         if not base:
             raise ValueError("an adapter artifact must name the key of its base model")
@@ -58,13 +64,16 @@ def load_model(
     quantization: Any = None,
     attn_implementation: str | None = None,
     rope_scaling: dict | None = None,
+    head: str | None = None,
 ) -> Any:
-    """The model an artifact describes; an adapter's base is loaded first, by key.
+    """The model an artifact describes; an adapter's base is loaded first, by key. `head` asks
+    for a head other than the artifact's own (a reward head on a causal LM: the rm stage).
     `quantization` (a transformers BitsAndBytesConfig) applies to the full weights; `rope_scaling`
     (rope_type linear / dynamic / yarn / llama3 and its factor) stretches the context."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     meta = read_model_json(path)
+    head = head or meta.get("head", CAUSAL_LM)
     if meta["format"] == "full":
         extra: dict[str, Any] = (
             {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -73,8 +82,8 @@ def load_model(
             extra.update(quantization_config=quantization, device_map=_device())
         if rope_scaling:
             extra["config"] = with_rope_scaling(AutoConfig.from_pretrained(str(path)), rope_scaling)
-        return AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, dtype=dtype, **extra
+        return _auto_class(head).from_pretrained(
+            str(path), local_files_only=True, dtype=dtype, **_head_options(head, path), **extra
         )
     from peft import PeftModel
 
@@ -85,6 +94,7 @@ def load_model(
         quantization=quantization,
         attn_implementation=attn_implementation,
         rope_scaling=rope_scaling or meta.get("rope_scaling"),
+        head=head,
     )
     model = PeftModel.from_pretrained(merged(base), str(path), is_trainable=trainable_adapter)
     if (Path(path) / "generation_config.json").exists():  # the adapter's stop tokens
@@ -92,6 +102,33 @@ def load_model(
 
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(path))
     return model
+
+
+def _auto_class(head: str) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if head == REWARD else AutoModelForCausalLM
+
+
+def _head_options(head: str, path: Path) -> dict[str, Any]:
+    """A reward head: one output, and the pad id its last-token pooling needs."""
+    if head != REWARD:
+        return {}
+    options: dict[str, Any] = {"num_labels": 1}
+    config = json.loads((Path(path) / "config.json").read_text())
+    if config.get("pad_token_id") is None:
+        options["pad_token_id"] = _pad_id(path, config)
+    return options
+
+
+def _pad_id(path: Path, config: dict[str, Any]) -> int:
+    """The tokenizer's pad id (or eos) where the config names none."""
+    tokenizer = load_tokenizer(path) if (Path(path) / "tokenizer_config.json").exists() else None
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    eos = config.get("eos_token_id")
+    return pad if pad is not None else (eos[0] if isinstance(eos, list) else eos or 0)
 
 
 def with_rope_scaling(config: Any, scaling: dict) -> Any:

@@ -13,18 +13,20 @@ from typing import Any
 from stages.base import Context, UserError
 
 
-def training_args(ctx: Context, cfg: Any, has_eval: bool) -> Any:
-    """TrainingArguments from the LLaMA-Factory-style flat config of a training stage."""
+def training_args(ctx: Context, cfg: Any, has_eval: bool, args_cls: Any = None, **more: Any) -> Any:
+    """TrainingArguments (or a TRL trainer's config class `args_cls`, with its own fields in
+    `more`) from the LLaMA-Factory-style flat config of a training stage."""
     from transformers import TrainingArguments
 
     from stages.model.optimizers import trainer_args
 
-    extra = {"optim": cfg.optim, **trainer_args(cfg)}  # GaLore / APOLLO name their own optim
+    args_cls = args_cls or TrainingArguments
+    extra = {"optim": cfg.optim, **trainer_args(cfg), **more}  # GaLore / APOLLO: their optim
     bf16, fp16 = precision(cfg.precision)
     if cfg.enable_liger_kernel:
         _require("liger_kernel", "enable_liger_kernel needs liger-kernel: pip install liger-kernel")
     evaluate = has_eval and cfg.save_steps > 0
-    return TrainingArguments(
+    return args_cls(
         output_dir=str(ctx.checkpoints),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,

@@ -30,3 +30,20 @@ def check_answer(instruction: str, input: str, answer: str) -> bool:  # noqa: A0
     input. Raises ValueError for a prompt that is not a demo task, so a misrouted eval fails loudly.
     """
     return answer.strip() == solve(instruction, input)
+
+
+def exact_answer_reward(prompts: list[str], completions: list[str], **_: object) -> list[float]:
+    """A rule-based reward for RL on the demo tasks: 1.0 for the right answer, else 0.0.
+
+    `prompts` are the last user turns (instruction, a newline, then the input); the signature is
+    TRL's reward-function one, so ppo and grpo both take it by dotted path
+    (`stages.data.demo:exact_answer_reward`).
+    """
+    scores = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        instruction, _, inp = prompt.partition("\n")
+        try:
+            scores.append(1.0 if check_answer(instruction, inp, completion) else 0.0)
+        except ValueError:
+            scores.append(0.0)
+    return scores

@@ -3,7 +3,8 @@
     python -m stages.data.demo.generate [--out DIR]    (or: python stages/data/demo/generate.py)
 
 Deterministic (fixed seed, fixed key order), stdlib only, our own content. Writes sft.jsonl
-(alpaca), chat.jsonl (multi-turn messages), preference.jsonl (chosen / rejected) and text.txt.
+(alpaca), chat.jsonl (multi-turn messages), preference.jsonl (chosen / rejected), text.txt,
+kto.jsonl (one reply with a desirable / undesirable label) and prompts.jsonl (prompts for RL).
 """
 
 from __future__ import annotations
@@ -91,6 +92,25 @@ def generate(out: Path) -> None:
         ins, inp = prompt(rng)
         lines.append(f"{user_text(ins, inp).replace(chr(10), ' ')} Answer: {solve(ins, inp)}.")
     (out / "text.txt").write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
+    kto = []
+    for i in range(600):  # alternately a right (desirable) and a wrong (undesirable) answer
+        ins, inp = prompt(rng)
+        answer = solve(ins, inp)
+        good = i % 2 == 0
+        kto.append(
+            {
+                "instruction": ins,
+                "input": inp,
+                "output": answer if good else wrong(answer, rng),
+                "label": good,
+            }
+        )
+    _write_jsonl(out / "kto.jsonl", kto)
+    prompts = []
+    for _ in range(400):  # prompts only: RL samples the replies and scores them
+        ins, inp = prompt(rng)
+        prompts.append({"instruction": ins, "input": inp})
+    _write_jsonl(out / "prompts.jsonl", prompts)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

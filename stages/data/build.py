@@ -1,0 +1,90 @@
+"""The loop every chat-data node runs (pairs, kto_data, prompts): install the template, read each
+dataset's usable rows, encode and fit them, mix, split, and save train / validation to disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stages.base import Context, UserError
+from stages.data.config import ChatDataConfig
+from stages.data.formats import Example
+
+# one example -> a row to save (None: nothing trainable left after fitting; counted by the encoder)
+Encoder = Callable[[Any, Example, dict[str, int]], dict[str, Any] | None]
+
+
+def build_chat_data(
+    ctx: Context, cfg: ChatDataConfig, kinds: tuple[str, ...], encoder: Encoder
+) -> dict[str, int]:
+    """Write `train` (and `validation`) datasets and the template into ctx.out; returns counts
+    (examples, validation, truncated, dropped, skipped) for the manifest."""
+    from datasets import Dataset
+    from tqdm import tqdm
+
+    from stages.data.examples import usable_examples
+    from stages.data.mixing import mix
+    from stages.data.templates import apply_template
+    from stages.model.loading import load_tokenizer
+    from stages.tokenize import split
+
+    tokenizer = load_tokenizer(ctx.inputs["model"])
+    template = apply_template(tokenizer, cfg.template, cfg.custom_template)
+    (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
+    (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
+    counts = {"truncated": 0, "dropped": 0, "skipped": 0}
+    parts = []
+    for entry in ctx.datasets["dataset"]:
+        skipped: list[str] = []
+        rows = usable_examples(entry, kinds, cfg.max_samples, cfg.bad_rows, skipped)
+        encoded = [encoder(tokenizer, ex, counts) for ex in tqdm(rows, desc=entry["name"])]
+        parts.append([r for r in encoded if r is not None])
+        counts["skipped"] += len(skipped)
+        if skipped:
+            ctx.log.warning(
+                "%s: skipped %d bad rows, e.g. %s",
+                entry["name"],
+                len(skipped),
+                "; ".join(skipped[:3]),
+            )
+    examples = mix(parts, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
+    if not examples:
+        names = ", ".join(e["name"] for e in ctx.datasets["dataset"])
+        raise UserError(f"dataset '{names}': no usable examples (cutoff_len {cfg.cutoff_len}?)")
+    train, val = split(examples, cfg.val_size, cfg.seed)
+    Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
+    if val:
+        Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+    if counts["truncated"]:
+        ctx.log.warning(
+            "%d examples were truncated to cutoff_len %d", counts["truncated"], cfg.cutoff_len
+        )
+    return {"examples": len(train), "validation": len(val), **counts}
+
+
+def load_splits(data: Any) -> tuple[Any, Any]:
+    """(train, validation or None) of a data artifact."""
+    from datasets import load_from_disk
+
+    val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
+    return load_from_disk(str(data / "train")), val
+
+
+def chat_tokenizer(model: Path, data: Path) -> tuple[Any, list[int] | None]:
+    """The model's tokenizer with a data artifact's chat template installed (so the trained model
+    renders and serves the way it was trained), and the template's stop token ids; a pad token
+    where the tokenizer has none."""
+    from stages.data.templates import stop_token_ids
+    from stages.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    stops = None
+    if (data / "template.json").exists():
+        template = json.loads((data / "template.json").read_text())
+        tokenizer.chat_template = template["chat_template"]
+        stops = stop_token_ids(tokenizer, template["stop_words"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, stops
