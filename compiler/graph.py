@@ -51,6 +51,9 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
         if decl.config is not None:
             _inherit_model_defaults(nodes[decl.name], spec.model)
             _wire(nodes[decl.name], decl.inputs, nodes, issues)
+    for decl in spec.stages.values():
+        if decl.config is not None:
+            _check_inputs(nodes[decl.name], issues)
     used = {src for n in nodes.values() for src in n.inputs.values()}
     if BASE in nodes and nodes[BASE].implicit and BASE not in used:
         del nodes[BASE]  # the implicit model is materialised only when something loads it
@@ -105,6 +108,17 @@ def _wire(node: Node, refs: dict[str, str | None], nodes: dict[str, Node], issue
             issues.append(Issue(f"{node.path}.{role}", msg, _producer_hint(want.accepts)))
             continue
         node.inputs[role] = ref
+
+
+def _check_inputs(node: Node, issues: list[Issue]) -> None:
+    """Rules between a stage's config and which inputs it has, declared by the kind
+    (`check_inputs(cfg, roles)`: e.g. ppo needs a reward model or reward functions)."""
+    check = getattr(node.stage, "check_inputs", None)
+    if check is None:
+        return
+    roles = {r: node.inputs.get(r) for r in node.stage.inputs}
+    for key, problem in check(node.config, roles):
+        issues.append(Issue(f"{node.path}.{key}", problem))
 
 
 def _producer_hint(accepts: tuple[str, ...]) -> str | None:

@@ -88,9 +88,23 @@ def shape_of_config(c: dict[str, Any]) -> Shape:
     )
 
 
-def estimate(shape: Shape, cfg: Any, zero_stage: int = 0, world: int = 1) -> dict[str, float]:
+def estimate(
+    shape: Shape,
+    cfg: Any,
+    zero_stage: int = 0,
+    world: int = 1,
+    profile: dict[str, int] | None = None,
+) -> dict[str, float]:
     """Bytes of each part, for one of `world` devices; ZeRO stage 1 shards the optimizer state
-    across them, stage 2 the gradients too, stage 3 the weights too."""
+    across them, stage 2 the gradients too, stage 3 the weights too.
+
+    `profile` is the stage kind's own count of what it holds (its `memory_profile(cfg)` hook):
+    `sequences` per example (dpo: chosen and rejected), `trained` models (ppo: actor and critic),
+    `frozen` models of the same shape (a reference, a reward model), and `logits` 0 for a model
+    with no vocabulary projection in training (a reward model's scalar head)."""
+    profile = profile or {}
+    sequences, trained_models = profile.get("sequences", 1), profile.get("trained", 1)
+    frozen_models = profile.get("frozen", 0)
 
     def shard(stage: int) -> int:
         return world if zero_stage >= stage else 1
@@ -108,7 +122,7 @@ def estimate(shape: Shape, cfg: Any, zero_stage: int = 0, world: int = 1) -> dic
         )
     else:
         trainable = shape.params
-    tokens = cfg.per_device_train_batch_size * cfg.cutoff_len
+    tokens = cfg.per_device_train_batch_size * cfg.cutoff_len * sequences
     abytes = 2 if cfg.precision in ("bf16", "fp16") else 4
     # kept for backward, per token and layer: attention inputs / outputs and norms (~6h), the MLP's
     # gate, up, activation and product (4 x intermediate), attention scores and probabilities
@@ -117,14 +131,19 @@ def estimate(shape: Shape, cfg: Any, zero_stage: int = 0, world: int = 1) -> dic
     checkpointing = cfg.gradient_checkpointing is True  # "auto" is decided by the caller
     layers = 1 if checkpointing else shape.layers
     saved = tokens * shape.hidden * abytes * shape.layers if checkpointing else 0
-    return {
+    weights = shape.params * wbytes / shard(3)
+    parts = {
         "runtime": RUNTIME,
-        "weights": shape.params * wbytes / shard(3),
-        "gradients": trainable * 4 / shard(2),
-        "optimizer": trainable * 8 / shard(1),
+        "weights": weights * trained_models,
+        "gradients": trainable * trained_models * 4 / shard(2),
+        "optimizer": trainable * trained_models * 8 / shard(1),
         "activations": tokens * per_token * abytes * layers + saved,
-        "logits": tokens * shape.vocab * 4 * 4,  # logits, log-softmax, their gradients (fp32)
+        # logits, log-softmax, their gradients (fp32)
+        "logits": tokens * shape.vocab * 4 * 4 * profile.get("logits", 1),
     }
+    if frozen_models:
+        parts["frozen"] = weights * frozen_models
+    return parts
 
 
 def stage_memory(
@@ -153,7 +172,9 @@ def stage_memory(
         return None
     cfg = dataclasses.replace(node.config, **overrides)
     zero = (getattr(launcher, "zero_stage", 0), getattr(launcher, "nproc_per_node", 1))
-    return estimate(shape, cfg, *zero)
+    hook = getattr(node.stage, "memory_profile", None)
+    roles = {r: node.inputs.get(r) for r in node.stage.inputs}
+    return estimate(shape, cfg, *zero, profile=hook(cfg, roles) if hook else None)
 
 
 def checkpointing_needed(

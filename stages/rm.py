@@ -39,6 +39,11 @@ class RmStage:
     def check_config(cfg: RmConfig) -> list[tuple[str, str]]:
         return check_training(cfg)
 
+    @staticmethod
+    def memory_profile(cfg: RmConfig, roles: dict[str, str | None]) -> dict[str, int]:
+        """Both replies of a pair in one batch; a scalar head, no vocabulary logits."""
+        return {"sequences": 2, "logits": 0}
+
     def run(self, ctx: Context, cfg: RmConfig) -> None:
         from trl import RewardConfig, RewardTrainer
 

@@ -24,12 +24,11 @@ def test_every_pipeline_compiles_with_every_model_preset(
     raw = compose([f"+pipeline={pipeline}", f"model={model}"])
     compiled = compile_pipeline(raw, tmp_path, DigestCache())
     preset = yaml.safe_load((CONF / "model" / f"{model}.yaml").read_text())
-    for node in compiled.nodes():
-        if node.kind == "tokenize":
-            assert node.config.template == preset.get("template")
-        if node.kind == "sft":
-            assert node.config.lora_target == preset.get("lora_target")
-            assert node.config.template == preset.get("template")
+    for node in compiled.nodes():  # every data node and every training stage inherits them
+        if node.kind != "base" and hasattr(node.config, "template"):
+            assert node.config.template == preset.get("template"), node.name
+        if hasattr(node.config, "lora_target"):
+            assert node.config.lora_target == preset.get("lora_target"), node.name
 
 
 def test_a_stage_setting_wins_over_the_preset(tmp_path: Path) -> None:

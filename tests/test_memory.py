@@ -119,3 +119,17 @@ def test_the_training_stage_applies_the_decision(
     ctx = Context("s", "k", Path("."), Path("."), {})
     ctx.memory = {"without_checkpointing": 10 * GIB, "device": device_gb * GIB}
     assert checkpointing(SftConfig(gradient_checkpointing=setting), ctx) is want  # type: ignore[arg-type]
+
+
+def test_a_stage_kinds_profile_counts_what_it_holds() -> None:
+    """rm: both replies of a pair, no vocabulary logits; a profile with a frozen reference adds
+    one more copy of the weights and two trained models double gradients and optimizer state."""
+    from stages.rm import RmConfig, RmStage
+
+    cfg = RmConfig(finetuning_type="full", per_device_train_batch_size=4, cutoff_len=64)
+    plain = estimate(TINY, cfg)
+    rm = estimate(TINY, cfg, profile=RmStage.memory_profile(cfg, {}))
+    assert rm["activations"] == 2 * plain["activations"] and rm["logits"] == 0
+    two = estimate(TINY, cfg, profile={"trained": 2, "frozen": 1})
+    assert two["frozen"] == plain["weights"] and two["weights"] == 2 * plain["weights"]
+    assert two["optimizer"] == 2 * plain["optimizer"]

@@ -57,3 +57,19 @@ def run_sft(
     )
     SftStage().run(ctx, SftConfig(**{**SHORT, **cfg}))  # type: ignore[arg-type]
     return ctx
+
+
+PREFERENCE = DEMO.parent / "preference.jsonl"
+
+
+def pairs_data(root: Path, base: Path, **options: object) -> Path:
+    """`root/pairs`: demo preference pairs encoded for `base` (48 train + 16 validation)."""
+    from stages.pairs import PairsConfig, PairsStage
+
+    data = root / "pairs"
+    data.mkdir()
+    entry = {"name": "demo_preference", "path": str(PREFERENCE), "formatting": "alpaca"}
+    entry |= {"ranking": True}
+    ctx = Context("p", "k", data, root / "pwork", {"model": base}, datasets={"dataset": [entry]})
+    PairsStage().run(ctx, PairsConfig(**{"max_samples": 64, "val_size": 16, **options}))  # type: ignore[arg-type]
+    return data
