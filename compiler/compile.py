@@ -10,10 +10,11 @@ from typing import Any
 import networkx as nx
 
 from compiler.digests import DigestCache
-from compiler.errors import Issue
+from compiler.errors import CompileError, Issue
 from compiler.fingerprint import fingerprint
 from compiler.graph import Node, build_graph
 from compiler.schema import PipelineSpec, validate
+from compiler.tokenizers import check_shared_tokenizers
 
 
 @dataclass
@@ -30,5 +31,8 @@ def compile_pipeline(raw: Mapping[str, Any], base_dir: Path, digests: DigestCach
     issues: list[Issue] = []
     spec = validate(raw, issues, base_dir)
     graph = build_graph(spec, base_dir, issues)
+    check_shared_tokenizers(graph, issues)
+    if issues:
+        raise CompileError(issues)
     fingerprint(graph, digests, base_dir, spec.cache_version)
     return Compiled(spec, graph)

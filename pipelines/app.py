@@ -114,6 +114,11 @@ def hydra_message(e: BaseException) -> str:
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += "\n" + str(cause).strip()
     text = text.split("Config search path")[0]  # Hydra's search path listing is noise here
+    text = re.sub(  # "Available options in 'pipeline':" and one name a line -> one line
+        r"Available options in '([^']+)':\s*((?:\n[ \t]+\S+)+)",
+        lambda m: f"Available options in '{m.group(1)}': {', '.join(m.group(2).split())}",
+        text,
+    )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
     issue = None

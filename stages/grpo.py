@@ -9,12 +9,14 @@ loss-specific keys is shared. Training goes through fine_tune (methods, checkpoi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
+from stages.rl.reward_funcs import module_file
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16
@@ -91,6 +93,22 @@ class GrpoStage:
         return []
 
     @staticmethod
+    def memory_profile(cfg: GroupConfig, roles: dict[str, str | None]) -> dict[str, int]:
+        """A row is prompt + reply; the reward model and a reference (beta > 0, unless LoRA on
+        the reference itself: TRL's adapter copy) are held frozen."""
+        shared = cfg.finetuning_type == "lora" and roles.get("ref_model") == roles.get("model")
+        frozen = int(roles.get("reward_model") is not None) + int(cfg.beta != 0 and not shared)
+        length = math.ceil((cfg.cutoff_len + cfg.max_new_tokens) / cfg.cutoff_len)
+        return {"sequences": max(1, length), "frozen": frozen}
+
+    @staticmethod
+    def key_files(cfg: GroupConfig) -> list[str]:
+        """Source files of the reward functions' modules: their code decides the rewards, so it
+        belongs in the key (found without importing the modules themselves)."""
+        found = (module_file(path.partition(":")[0]) for path in cfg.reward_funcs)
+        return sorted({str(f) for f in found if f is not None})
+
+    @staticmethod
     def trl_args(cfg: Any) -> dict[str, Any]:
         """The fields of this kind's TRL config besides the shared ones."""
         return {"loss_type": cfg.loss_type, "scale_rewards": cfg.scale_rewards}
@@ -146,6 +164,10 @@ def check_sampling(cfg: GroupConfig) -> list[tuple[str, str]]:
         module, sep, func = path.partition(":")
         if not (sep and module and func):
             problems.append(("reward_funcs", f"'{path}' is not a dotted path: module:function"))
+        elif module_file(module) is None:
+            problems.append(
+                ("reward_funcs", f"cannot find module '{module}' of '{path}': is it on PYTHONPATH?")
+            )
     return problems
 
 
@@ -153,7 +175,7 @@ def train_on_prompts(
     ctx: Context, cfg: GroupConfig, trainer: Any, args_cls: Any, own: dict[str, Any]
 ) -> None:
     """Sample, score and update through fine_tune with TRL's `trainer`; the artifact is the
-    trained policy. Metrics: the mean reward of the first and the last logged steps."""
+    trained policy."""
     import shutil
 
     from stages.data.build import chat_tokenizer, load_splits
@@ -162,11 +184,11 @@ def train_on_prompts(
     from stages.rl.reward_funcs import import_reward_funcs
 
     _check_vllm(cfg)
-    rewards = [
+    funcs = [
         *_model_reward(ctx),
         *import_reward_funcs(cfg.reward_funcs, f"stages.{ctx.name}.reward_funcs"),
     ]
-    if not rewards:
+    if not funcs:
         raise UserError(f"stages.{ctx.name}.reward_funcs: {NO_REWARD}")
     tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
     train, val = (_conversational(d) for d in load_splits(ctx.inputs["data"]))
@@ -174,13 +196,19 @@ def train_on_prompts(
         trainer=group_trainer(trainer),
         args_cls=args_cls,
         args={**_trl_args(cfg), **own},
-        extra=lambda model: {"reward_funcs": rewards, "ref_model": _reference(ctx, cfg, model)},
+        extra=lambda model: {"reward_funcs": funcs, "ref_model": _reference(ctx, cfg, model)},
     )
     fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
     shutil.rmtree(ctx.out / "ref", ignore_errors=True)  # TRL's frozen copy of the start adapter
-    logged = [r for r in read_log(ctx.out) if r.get("reward") is not None]
-    if logged:
-        ctx.metrics.update(reward_first=logged[0]["reward"], reward=logged[-1]["reward"])
+    log = read_log(ctx.out)
+    logged = [r["reward"] for r in log if r.get("reward") is not None]
+    if logged:  # the mean reward of the sampled replies: over the run, first and last logged
+        ctx.metrics.update(
+            reward=sum(logged) / len(logged), reward_first=logged[0], reward_last=logged[-1]
+        )
+    held_out = [r["eval_reward"] for r in log if r.get("eval_reward") is not None]
+    if held_out:  # on the validation prompts, after training
+        ctx.metrics["eval_reward"] = held_out[-1]
 
 
 def _trl_args(cfg: GroupConfig) -> dict[str, Any]:
@@ -283,6 +311,10 @@ def group_trainer(trl_cls: Any) -> Any:
             if ref_model is not None:
                 self.beta = beta
                 self.ref_model = self._prepared(ref_model)
+
+        def _track_num_input_tokens(self, inputs: Any) -> None:
+            """TRL counts prompt and reply tokens itself; the Trainer's count finds no
+            input_ids in a batch of prompts and warns every step."""
 
         def _prepared(self, ref: Any) -> Any:
             """As TRL prepares the reference it loads itself."""

@@ -94,7 +94,7 @@ def test_all_problems_in_a_pipeline_file_are_reported_at_once(tmp_path: Path) ->
         "config errors (4):",
         "  - stages.sft.lora_rnk: unknown key (did you mean 'lora_rank'?)",
         "  - stages.sft.num_train_epochs: expected float, got 'many'",
-        "  - stages.ppo.kind: unknown kind 'ppoo' (one of: base, blocks, pt, sft, tokenize)",
+        "  - stages.ppo.kind: unknown kind 'ppoo' (did you mean 'ppo'?)",
         "  - stages.sft.dataset: no dataset named 'demo_sfft' (did you mean 'demo_sft'?)",
     ]
 
@@ -103,7 +103,8 @@ def test_missing_pipeline_lists_the_available_ones(tmp_path: Path) -> None:
     result = pipelines("plan", "+pipeline=sfft", cwd=tmp_path)
     assert result.returncode == 2
     assert "Could not find 'pipeline/sfft'" in result.stderr
-    assert "sft" in result.stderr and "Traceback" not in result.stderr
+    assert "Available options in 'pipeline': dpo, " in result.stderr
+    assert ", sft" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_verb_and_no_pipeline(tmp_path: Path) -> None:

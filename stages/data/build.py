@@ -68,8 +68,11 @@ def load_splits(data: Any) -> tuple[Any, Any]:
     """(train, validation or None) of a data artifact."""
     from datasets import load_from_disk
 
-    val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
-    return load_from_disk(str(data / "train")), val
+    def load(split: str) -> Any:  # in memory: a later .map must not write into the artifact
+        return load_from_disk(str(data / split), keep_in_memory=True)
+
+    val = load("validation") if (data / "validation").exists() else None
+    return load("train"), val
 
 
 def chat_tokenizer(model: Path, data: Path) -> tuple[Any, list[int] | None]:

@@ -166,14 +166,16 @@ def remember_init(model: Any, cfg: Any, work: Path) -> None:
 
 
 def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
-    """Weights (or the adapter) plus the generation config: where generation stops."""
+    """Weights (or the adapter) plus the generation config: where generation stops. Only the
+    trained adapter is saved, not a frozen copy a trainer added beside it (TRL's "ref")."""
     lora = cfg.finetuning_type == "lora"
+    only = {"selected_adapters": ["default"]} if lora else {}
     if cfg.finetuning_type == "lora" and cfg.pissa_init:
         model.save_pretrained(
-            str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT)
+            str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT), **only
         )
     else:
-        model.save_pretrained(str(out))
+        model.save_pretrained(str(out), **only)
     generation = getattr(model.get_base_model(), "generation_config", None) if lora else None
     if generation is not None:  # an adapter's save leaves the generation config out
         generation.save_pretrained(str(out))

@@ -8,7 +8,8 @@ and which head the model has: a causal LM (the default) or a reward model's one-
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,10 @@ def load_model(
             extra.update(quantization_config=quantization, device_map=_device())
         if rope_scaling:
             extra["config"] = with_rope_scaling(AutoConfig.from_pretrained(str(path)), rope_scaling)
-        return _auto_class(head).from_pretrained(
-            str(path), local_files_only=True, dtype=dtype, **_head_options(head, path), **extra
-        )
+        with _quiet_new_head(head != meta.get("head", CAUSAL_LM)):
+            return _auto_class(head).from_pretrained(
+                str(path), local_files_only=True, dtype=dtype, **_head_options(head, path), **extra
+            )
     from peft import PeftModel
 
     base = load_model(
@@ -102,6 +104,21 @@ def load_model(
 
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(path))
     return model
+
+
+@contextmanager
+def _quiet_new_head(new: bool) -> Iterator[None]:
+    """A head put on a model that has none (rm on a causal LM) is new by design: transformers'
+    "newly initialized" report would only alarm."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if new:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _auto_class(head: str) -> Any:

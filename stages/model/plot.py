@@ -1,5 +1,6 @@
-"""The loss curve of a training run as a PNG, written with the standard library only (zlib), so
-every training artifact carries a picture without a plotting dependency.
+"""The loss curve of a training run (or another logged curve: ppo's reward) as a PNG, written
+with the standard library only (zlib), so every training artifact carries a picture without a
+plotting dependency.
 
 Train loss is a blue line, eval loss an orange line with dots, against the step; the axes carry
 their min / max values in a 3x5 pixel font, scaled up.
@@ -111,7 +112,21 @@ def series(records: list[dict], key: str) -> list[tuple[float, float]]:
 def write_loss_png(records: list[dict], path: Path, width: int = 640, height: int = 400) -> bool:
     """Plot train / eval loss of Trainer log records; False (nothing written) when there is no
     finite loss to plot."""
-    train, evals = series(records, "loss"), series(records, "eval_loss")
+    return write_curve_png(records, "loss", "eval_loss", path, width, height)
+
+
+def write_curve_png(
+    records: list[dict],
+    key: str,
+    eval_key: str,
+    path: Path,
+    width: int = 640,
+    height: int = 400,
+) -> bool:
+    """Plot `key` (blue, "train") and `eval_key` (orange with dots, "eval") of step records
+    against the step (ppo: reward_mean and eval_reward_mean); False (nothing written) when there
+    is no finite value to plot."""
+    train, evals = series(records, key), series(records, eval_key)
     points = train + evals
     if not points:
         return False

@@ -9,7 +9,10 @@ functions; rule-based functions get plain text instead: the last user turn and t
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from stages.base import UserError
@@ -38,6 +41,22 @@ def _import(path: str, key: str) -> Callable[..., Any]:
     if not callable(func):
         raise UserError(f"{key}: module '{module_name}' has no function '{attr}' (from '{path}')")
     return func
+
+
+def module_file(name: str) -> Path | None:
+    """Where module `name` would load from, found without running it or its packages (so the
+    compiler can check a path, and key the file, without importing the user's code)."""
+    top, *rest = name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+    except (ImportError, ValueError):
+        return None
+    for i in range(len(rest)):
+        if spec is None or not spec.submodule_search_locations:
+            break  # a module, not a package, defines the rest (os.path): that file stands for it
+        full = ".".join([top, *rest[: i + 1]])
+        spec = importlib.machinery.PathFinder.find_spec(full, spec.submodule_search_locations)
+    return Path(spec.origin) if spec is not None and spec.origin else None
 
 
 def as_text_reward(func: Callable[..., Any]) -> RewardFunc:
