@@ -75,9 +75,12 @@ def semantic_config(node: Node) -> dict[str, Any]:
 
 
 def code_digest(node: Node, digests: DigestCache) -> str:
-    """The stage's module, the shared contract, and the helper files the kind declares."""
+    """The stage's module, the shared contract, the helper files the kind declares, and files
+    its config names (`key_files(cfg)`: e.g. the modules of rule-based reward functions)."""
     module = Path(sys.modules[node.stage.__module__].__file__ or "")
     files = {module.name: module, **{f: STAGES_DIR / f for f in ("base.py", *node.stage.code)}}
+    named = getattr(node.stage, "key_files", None)
+    files |= {f: Path(f) for f in (named(node.config) if named else [])}
     parts = [f"{name}\0{digests.file(path)}" for name, path in sorted(files.items())]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

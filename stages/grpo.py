@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
-from stages.rl.reward_funcs import module_file
+from stages.rl.reward_funcs import module_file, reward_func_files
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16
@@ -102,11 +102,9 @@ class GrpoStage:
         return {"sequences": max(1, length), "frozen": frozen}
 
     @staticmethod
-    def key_files(cfg: GroupConfig) -> list[str]:
-        """Source files of the reward functions' modules: their code decides the rewards, so it
-        belongs in the key (found without importing the modules themselves)."""
-        found = (module_file(path.partition(":")[0]) for path in cfg.reward_funcs)
-        return sorted({str(f) for f in found if f is not None})
+    def key_files(cfg: Any) -> list[str]:
+        """The reward functions' modules: their code decides the rewards."""
+        return reward_func_files(cfg.reward_funcs)
 
     @staticmethod
     def trl_args(cfg: Any) -> dict[str, Any]:
@@ -176,7 +174,6 @@ def train_on_prompts(
 ) -> None:
     """Sample, score and update through fine_tune with TRL's `trainer`; the artifact is the
     trained policy."""
-    import shutil
 
     from stages.data.build import chat_tokenizer, load_splits
     from stages.model.finetune import Recipe, fine_tune
@@ -199,7 +196,6 @@ def train_on_prompts(
         extra=lambda model: {"reward_funcs": funcs, "ref_model": _reference(ctx, cfg, model)},
     )
     fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
-    shutil.rmtree(ctx.out / "ref", ignore_errors=True)  # TRL's frozen copy of the start adapter
     log = read_log(ctx.out)
     logged = [r["reward"] for r in log if r.get("reward") is not None]
     if logged:  # the mean reward of the sampled replies: over the run, first and last logged

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
-from stages.rl.reward_funcs import module_file
+from stages.rl.reward_funcs import module_file, reward_func_files
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 ESTIMATORS = ("gae", "reinforce_pp", "group")
@@ -142,11 +142,9 @@ class PpoStage:
         return {"sequences": sequences, "trained": trained, "frozen": frozen}
 
     @staticmethod
-    def key_files(cfg: PpoConfig) -> list[str]:
-        """Source files of the reward functions' modules: their code decides the rewards, so it
-        belongs in the key (found without importing the modules themselves)."""
-        found = (module_file(path.partition(":")[0]) for path in cfg.reward_funcs or [])
-        return sorted({str(f) for f in found if f is not None})
+    def key_files(cfg: Any) -> list[str]:
+        """The reward functions' modules: their code decides the rewards."""
+        return reward_func_files(cfg.reward_funcs)
 
     def run(self, ctx: Context, cfg: PpoConfig) -> None:
         from stages.rl.ppo_train import train

@@ -134,3 +134,28 @@ def test_digest_cache_hashes_a_file_once_until_it_changes(
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert cache.file(f) == first and len(calls) == 2  # re-hashed, same content
+
+
+def test_a_reward_functions_module_is_in_the_key(tmp_path: Path) -> None:
+    """Editing the code of a rule-based reward function changes the key of the stage using it."""
+    import sys
+
+    from compiler.compile import compile_pipeline
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def r(prompts, completions, **kw):\n    return [1.0]\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        raw = {
+            "datasets": {"p": {"path": "pkg://stages/data/demo/prompts.jsonl"}},
+            "stages": {"g": {"kind": "grpo", "dataset": "p", "reward_funcs": ["my_rewards:r"]}},
+        }
+        first = compile_pipeline(raw, tmp_path, DigestCache()).graph.nodes["g"]["node"].key
+        (tmp_path / "my_rewards.py").write_text(
+            "def r(prompts, completions, **kw):\n    return [2.0]\n"
+        )
+        second = compile_pipeline(raw, tmp_path, DigestCache()).graph.nodes["g"]["node"].key
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert first != second

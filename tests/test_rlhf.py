@@ -77,11 +77,11 @@ def test_a_rerun_is_all_cached(trained: Path) -> None:
 
 
 def test_changing_one_ppo_value_reruns_only_ppo(trained: Path) -> None:
-    args = [*SHORT, "stages.ppo.learning_rate=1e-4"]
+    args = [*SHORT, "stages.ppo.learning_rate=5e-5"]
     plan = pipelines("plan", *args, cwd=trained)
     lines = plan.stdout.splitlines()
     status = {n: next(ln[len(n) + 2 :] for ln in lines if ln.startswith(f"{n}: ")) for n in NODES}
-    assert status["ppo"] == "run (learning_rate 5e-4 -> 1e-4)", plan.stdout
+    assert status["ppo"] == "run (learning_rate 1e-4 -> 5e-5)", plan.stdout
     assert all(status[n] == "cached" for n in NODES if n != "ppo"), plan.stdout
     result = pipelines("run", *args, cwd=trained)
     assert result.returncode == 0, result.stderr

@@ -109,3 +109,10 @@ def _text(message: dict[str, Any]) -> str:
     if isinstance(content, list):  # content blocks: keep the text ones
         return "".join(part.get("text", "") for part in content if part.get("type") == "text")
     return str(content)
+
+
+def reward_func_files(paths: list[str] | None) -> list[str]:
+    """Source files of the modules named by `module:function` paths: their code decides the
+    rewards, so a stage's key covers them (found without importing the modules)."""
+    found = (module_file(path.partition(":")[0]) for path in paths or [])
+    return sorted({str(f) for f in found if f is not None})
