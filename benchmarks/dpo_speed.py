@@ -105,6 +105,7 @@ def run_trl(base: Path, steps: int, out: Path) -> dict:
         report_to=[],
         disable_tqdm=True,
         max_length=512,
+        bf16=False,  # fp32 like ours (TRL defaults to bf16, which a CPU refuses)
     )
     peft = LoraConfig(
         r=RANK, lora_alpha=2 * RANK, target_modules="all-linear", task_type="CAUSAL_LM"
@@ -135,7 +136,9 @@ def child(which: str, base: Path, data: Path, steps: int, out: Path) -> float:
     """One run in a fresh process; returns pairs per second."""
     args = [sys.executable, __file__, "--one", which, "--base", str(base), "--data", str(data)]
     args += ["--steps", str(steps), "--out", str(out)]
-    done = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{which} run failed:\n{done.stderr[-3000:]}")
     runtime = json.loads(done.stdout.strip().splitlines()[-1])["runtime"]
     return steps * BATCH / runtime
 

@@ -101,12 +101,13 @@ def main() -> None:
             print(f"lr {lr:g}: {runs[lr][2]:.0f} s wall; {statuses}", flush=True)
         print("\nstep  " + "  ".join(f"{'lr ' + format(lr, 'g'):>30}" for lr in runs))
         print("      " + "  ".join(f"{'eval  score    kl':>30}" for _ in runs))
-        for step in range(1, args.steps + 1):
+        for step in range(0, args.steps + 1):  # step 0: the held-out reward before training
             cells = []
             for log, _, _ in runs.values():
-                r = log[step - 1]
+                r = {rec["step"]: rec for rec in log}[step]
                 ev = f"{r['eval_reward_mean']:+.3f}" if "eval_reward_mean" in r else "      "
-                cells.append(f"{ev} {r['score_mean']:+.3f} {r['kl']:6.3f}".rjust(30))
+                rest = f"{r['score_mean']:+.3f} {r['kl']:6.3f}" if step else " " * 13
+                cells.append(f"{ev} {rest}".rjust(30))
             print(f"{step:4d}  " + "  ".join(cells))
         record = runs[0.0][1]
         print(f"\nheld-out exact-answer rate: sft {exact_rate(tmp, record, 'sft'):.3f}", end="")

@@ -50,10 +50,10 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
     for decl in spec.stages.values():
         if decl.config is not None:
             _inherit_model_defaults(nodes[decl.name], spec.model)
+            before = len(issues)
             _wire(nodes[decl.name], decl.inputs, nodes, issues)
-    for decl in spec.stages.values():
-        if decl.config is not None:
-            _check_inputs(nodes[decl.name], issues)
+            if len(issues) == before:  # a refused input already has its message
+                _check_inputs(nodes[decl.name], issues)
     used = {src for n in nodes.values() for src in n.inputs.values()}
     if BASE in nodes and nodes[BASE].implicit and BASE not in used:
         del nodes[BASE]  # the implicit model is materialised only when something loads it

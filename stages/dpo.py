@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PREFERENCE_DATA, Context, In, forwarded_fields
+from stages.base import MODEL, PREFERENCE_DATA, Context, In, forwarded_fields, volatile
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.pairs import PairsConfig
 
 PAIRS_FIELDS = forwarded_fields(PairsConfig)
 PREFERENCE_CODE = (*TRAINING_CODE, "model/preference.py", "model/preference_trainers.py")
+PREFERENCE_CODE += ("model/shared_prompt.py",)
 PREFERENCE_CODE += ("data/build.py", "data/templates.py")  # the chat template and its stop ids
 # every loss type TRL 1.16's DPOTrainer accepts
 DPO_LOSSES = (
@@ -48,6 +49,8 @@ class DpoConfig(TrainConfig, PairsConfig):
     dpo_label_smoothing: float = 0.0  # robust / exo_pair / aot: share of flipped labels
     pref_ftx: float = 0.0  # weight of the NLL of the chosen replies added to the loss
     precompute_ref_log_probs: bool = False  # score the data with the reference once, up front
+    # one row per pair, [prompt | chosen | rejected], the prompt computed once (same values)
+    shared_prompt: bool = volatile(True)
 
 
 class DpoStage:
@@ -78,7 +81,7 @@ class DpoStage:
         from stages.data.build import chat_tokenizer, load_splits
         from stages.model import preference
         from stages.model.finetune import Recipe, fine_tune
-        from stages.model.preference_trainers import DPOConfig, TokenizedDPOTrainer
+        from stages.model.preference_trainers import SharedPromptDPOConfig, TokenizedDPOTrainer
 
         tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
         preference.check_tokenizers(ctx, tokenizer)
@@ -87,8 +90,8 @@ class DpoStage:
             train, val = preference.with_lengths(train), preference.with_lengths(val)
         recipe = Recipe(
             trainer=TokenizedDPOTrainer,
-            args_cls=DPOConfig,
-            args=dpo_args(cfg),
+            args_cls=SharedPromptDPOConfig,
+            args={**dpo_args(cfg), "shared_prompt": cfg.shared_prompt},
             extra=preference.reference_extra(ctx, cfg),
         )
         fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)

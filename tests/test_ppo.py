@@ -262,6 +262,16 @@ def test_a_few_steps_train_what_trains_and_nothing_else(
     if method == "lora":
         assert all("lora_" in n or "score" in n for n in trained), "LoRA: only adapters and head"
 
+    # critic/ alone restores the trained critic, head included, through the shared loader
+    from stages.model.loading import load_model, merged
+    from stages.rl.ppo_train import write_critic
+
+    write_critic(ctx, cfg, s.actors.critic, s.tokenizer, s.keys["critic"])
+    reloaded = merged(load_model(ctx.out / "critic", assets.resolve)).state_dict()
+    trained_critic = merged(s.actors.critic).state_dict()
+    assert reloaded.keys() == trained_critic.keys() and "score.weight" in reloaded
+    assert all(torch.equal(reloaded[k], v) for k, v in trained_critic.items())
+
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_the_artifact_reloads_generates_and_keeps_the_critics_head(
@@ -284,7 +294,8 @@ def test_the_artifact_reloads_generates_and_keeps_the_critics_head(
     critic = {f"critic/{f}" for f in (weights | tokenizer | {"model.json"})}
     assert files == policy | critic | {"train_log.jsonl", "reward.png"}
     assert (out / "reward.png").read_bytes().startswith(b"\x89PNG")
-    log = read_log(out)
+    baseline, *log = read_log(out)  # step 0: the held-out reward before training
+    assert set(baseline) == {"step", "eval_reward_mean"} and baseline["step"] == 0
     assert [r["step"] for r in log] == [1, 2]
     for record in log:
         assert set(LOGGED) <= set(record)
@@ -292,9 +303,11 @@ def test_the_artifact_reloads_generates_and_keeps_the_critics_head(
     metrics = ctx.metrics
     assert metrics["steps"] == 2 and metrics["reward_mean"] == log[-1]["reward_mean"]
     assert metrics["first_reward_mean"] == log[0]["reward_mean"]
-    for key in ("kl", "wall_s", "rollout_tokens_per_s", "train_tokens_per_s", "peak_memory_mb"):
-        assert math.isfinite(metrics[key]) and metrics[key] >= 0 or key == "kl"
-    assert "eval_reward_mean" in metrics  # the prompts have a held-out split
+    assert metrics["first_eval_reward_mean"] == baseline["eval_reward_mean"]
+    assert metrics["eval_reward_mean"] == log[-1]["eval_reward_mean"]
+    assert math.isfinite(metrics["kl"])
+    for key in ("wall_s", "rollout_tokens_per_s", "train_tokens_per_s", "peak_memory_mb"):
+        assert metrics[key] > 0
 
     meta = read_model_json(out)
     assert meta == (
@@ -358,7 +371,7 @@ def test_ppo_with_rule_based_rewards_only(assets: Assets, tmp_path: Path) -> Non
     ctx = run_ppo(
         assets, tmp_path / "out", reward_model=False, reward_funcs=[EXACT], missing_eos_penalty=1.0
     )
-    log = read_log(ctx.out)
+    log = read_log(ctx.out)[1:]  # after the step-0 held-out baseline
     assert [r["step"] for r in log] == [1, 2]
     for record in log:
         assert -1.0 <= record["score_mean"] <= 0.0
@@ -409,7 +422,8 @@ OPTIONS = {
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_estimators_and_options_train(assets: Assets, tmp_path: Path, name: str) -> None:
     ctx = run_ppo(assets, tmp_path / "out", **OPTIONS[name])
-    log = read_log(ctx.out)
+    log = read_log(ctx.out)[1:]  # after the step-0 held-out baseline
+    assert [r["step"] for r in log] == [1, 2]
     assert all(math.isfinite(v) for r in log for v in r.values())
     critic_free = name in ("reinforce_pp_tensorboard", "group_buffer")
     assert (ctx.out / "critic").exists() != critic_free
@@ -531,8 +545,7 @@ def test_compile_time_refusals() -> None:
     assert compile_issues({"sft": sft, "ppo": {**ok, "reward_model": "sft"}}) == [
         "stages.ppo.reward_model: 'sft' produces a model artifact, but reward_model needs a "
         "reward_model (name a stage of kind rm)",
-        no_reward,  # the refused input leaves ppo without a reward source
-    ]
+    ]  # one message: the refused input is not also reported as a missing reward source
     alone = {"kind": "ppo", "model": "sft", "dataset": "pref"}
     assert compile_issues({"sft": sft, "ppo": alone}) == [no_reward]
 
@@ -580,3 +593,12 @@ def test_resuming_from_a_checkpoint_takes_the_same_steps(
         assert {k: v for k, v in a.items() if k not in timing} == {
             k: v for k, v in b.items() if k not in timing
         }
+
+
+def test_ppo_refuses_to_run_in_several_processes(assets: Assets, tmp_path: Path) -> None:
+    from stages.base import UserError
+
+    ctx = context(assets, tmp_path / "out")
+    ctx.world_size = 2
+    with pytest.raises(UserError, match=r"^stages\.ppo: ppo runs in one process on one device"):
+        PpoStage().run(ctx, PpoConfig(**QUICK))  # type: ignore[arg-type]

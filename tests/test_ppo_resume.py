@@ -20,17 +20,17 @@ from tests.cli import ROOT, pipelines
 
 pytestmark = pytest.mark.slow
 
-STEPS, SAVE = 8, 3
+STEPS, SAVE = 6, 2
 ARGS = [
     "+stages.ppo.kind=ppo",
     "+stages.ppo.reward_funcs=[tests.test_ppo_resume:digit_reward]",
     "+stages.ppo.missing_eos_penalty=0.5",
     f"+stages.ppo.max_steps={STEPS}",
     f"+stages.ppo.save_steps={SAVE}",
-    "+stages.ppo.per_device_train_batch_size=8",
-    "+stages.ppo.mini_batch_size=4",
+    "+stages.ppo.per_device_train_batch_size=4",
+    "+stages.ppo.mini_batch_size=2",
     "+stages.ppo.ppo_epochs=2",
-    "+stages.ppo.max_new_tokens=12",
+    "+stages.ppo.max_new_tokens=8",
     "+stages.ppo.learning_rate=1e-3",
     "+stages.ppo.report_to=none",
 ]

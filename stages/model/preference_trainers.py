@@ -7,8 +7,9 @@ Imported only from a stage's run(): it imports torch and TRL (experimental ORPO 
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,22 +17,53 @@ import torch
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 # the config classes are re-exported: the stages pass them to fine_tune beside these trainers
-from trl import DPOConfig as DPOConfig  # noqa: E402
-from trl import DPOTrainer, KTOConfig, KTOTrainer  # noqa: E402
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # noqa: E402
 from trl.experimental.cpo import CPOConfig as CPOConfig  # noqa: E402
 from trl.experimental.cpo import CPOTrainer  # noqa: E402
 from trl.experimental.orpo import ORPOConfig as ORPOConfig  # noqa: E402
 from trl.experimental.orpo import ORPOTrainer  # noqa: E402
 
+from stages.model.shared_prompt import share_prompts, unsupported  # noqa: E402
+
 IGNORE = -100
+log = logging.getLogger("pipelines.stage")
+
+
+@dataclass
+class SharedPromptDPOConfig(DPOConfig):
+    """TRL's DPOConfig, plus whether each pair runs as one packed row (stages/model/
+    shared_prompt.py): the same losses and log-probabilities, the prompt computed once."""
+
+    shared_prompt: bool = field(default=True, metadata={"help": "One packed row per pair."})
 
 
 class TokenizedDPOTrainer(DPOTrainer):
     """DPO on rows of prompt_ids / chosen_ids / rejected_ids (the `pairs` node's), as they are;
-    TRL's DataCollatorForPreference pads them."""
+    TRL's DataCollatorForPreference pads them. With `shared_prompt`, the policy's and the
+    reference's forwards run packed pairs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.args, "shared_prompt", False):
+            self._share_prompts()
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
         return dataset
+
+    def _share_prompts(self) -> None:
+        """Wrap the causal LMs TRL gave a fused head (the policy's, under its PEFT wrapper, and
+        an explicit reference); a model that cannot take the packed mask keeps TRL's rows."""
+        policy = self.accelerator.unwrap_model(self.model)
+        models = [policy.get_base_model() if hasattr(policy, "get_base_model") else policy]
+        if self.ref_model is not None:
+            models.append(self.accelerator.unwrap_model(self.ref_model))
+        for model in models:
+            problem = unsupported(model)
+            if problem:
+                log.info("shared_prompt off (%s): each reply runs in its own row", problem)
+                return
+        for model in models:
+            share_prompts(model)
 
 
 @dataclass

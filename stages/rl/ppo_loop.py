@@ -297,14 +297,20 @@ def run_loop(
         load_checkpoint(ctx.resume_from, actors, opts, state)
         keep_log_until(ctx.work / LOG, state.step)
     writer = _tensorboard(ctx, cfg)
+    chunk = cfg.per_device_train_batch_size
+    if val is not None and state.step == 0:  # the held-out baseline, before any update
+        _log(
+            ctx,
+            cfg,
+            {"step": 0, "eval_reward_mean": evaluate(actors, val, sampling, chunk, device)},
+            writer,
+        )
     bar = tqdm(range(state.step, steps), initial=state.step, total=steps, desc=f"ppo {ctx.name}")
     for _ in bar:
         record = ppo_step(actors, opts, state, data, cfg, sampling, device)
         saving = cfg.save_steps > 0 and state.step % cfg.save_steps == 0
         if val is not None and (saving or state.step == steps):
-            record["eval_reward_mean"] = evaluate(
-                actors, val, sampling, cfg.per_device_train_batch_size, device
-            )
+            record["eval_reward_mean"] = evaluate(actors, val, sampling, chunk, device)
         _log(ctx, cfg, record, writer)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.3f}")
         if saving:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from stages.base import Context
+from stages.base import Context, UserError
 from stages.model import adapters
 from stages.model.loading import REWARD, load_model, merged, read_model_json, write_model_json
 from stages.rl.ppo_loop import LOG, run_loop
@@ -39,6 +39,12 @@ def setup(ctx: Context, cfg: Any) -> Setup:
     from stages.ppo import require_reward_source
 
     require_reward_source(cfg, ctx)
+    if ctx.world_size > 1:
+        raise UserError(
+            f"stages.{ctx.name}: ppo runs in one process on one device (its loop is not "
+            f"distributed yet), but the launcher started {ctx.world_size}: use launcher=inprocess "
+            "or nproc_per_node: 1"
+        )
     tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
     stop_ids = tuple(stops or [tokenizer.eos_token_id])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,19 +204,21 @@ def _finish_log(ctx: Context) -> list[dict[str, Any]]:
 
 
 def summary(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
-    """Manifest metrics: first and final reward, final KL, mean throughput."""
-    if not records:
+    """Manifest metrics: first and final reward, final KL, mean throughput; with held-out
+    prompts, their reward before training (step 0) and at the end."""
+    trained = [r for r in records if "reward_mean" in r]
+    if not trained:
         return {"steps": steps}
-    last = records[-1]
+    last = trained[-1]
 
     def mean(key: str) -> float:
-        got = [r[key] for r in records if key in r]
+        got = [r[key] for r in trained if key in r]
         return round(sum(got) / len(got), 1) if got else 0.0
 
     out = {
         "steps": steps,
         "reward_mean": last["reward_mean"],
-        "first_reward_mean": records[0]["reward_mean"],
+        "first_reward_mean": trained[0]["reward_mean"],
         "score_mean": last["score_mean"],
         "kl": last["kl"],
         "rollout_tokens_per_s": mean("rollout_tokens_per_s"),
