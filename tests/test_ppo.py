@@ -16,6 +16,7 @@ import torch
 
 from stages.base import Context
 from stages.ppo import PpoConfig, PpoStage
+from stages.rl import ppo_loop
 from tests.sizes import SMALL
 
 DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo"
@@ -44,8 +45,7 @@ LOGGED = [
     "approx_kl",
     "value_clip_frac",
     "response_length",
-    "rollout_tokens_per_s",
-    "train_tokens_per_s",
+    *ppo_loop.TIMING,
 ]
 
 
@@ -562,7 +562,6 @@ def test_resuming_from_a_checkpoint_takes_the_same_steps(
     models (rebuilt from the upstream, RNGs elsewhere): the records of every step agree exactly
     on this CPU (the kill -9 version through the CLI: tests/test_ppo_resume.py)."""
     from stages.base import latest_checkpoint
-    from stages.rl import ppo_loop
 
     options = {"finetuning_type": method, "max_steps": 4, "save_steps": 2}
     ctx, cfg, s = live(assets, tmp_path / "straight", **options)
@@ -588,7 +587,7 @@ def test_resuming_from_a_checkpoint_takes_the_same_steps(
     ppo_loop.run_loop(ctx, cfg, s.actors, s.train, None, s.sampling, s.device)
     resumed = read_log(ctx.work)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-    timing = ("rollout_tokens_per_s", "train_tokens_per_s")
+    timing = ppo_loop.TIMING
     for a, b in zip(straight, resumed, strict=True):
         assert {k: v for k, v in a.items() if k not in timing} == {
             k: v for k, v in b.items() if k not in timing

@@ -239,6 +239,10 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# the logged fields that measure speed: they differ between identical runs
+TIMING = ("rollout_tokens_per_s", "train_tokens_per_s", "generate_s", "score_s", "train_s")
+
+
 def ppo_step(
     actors: Actors,
     opts: Optimizers,
@@ -254,8 +258,9 @@ def ppo_step(
     indices = prompt_indices(step, len(data), prompts_per_step(cfg), cfg.seed)
     rows = batch_rows(data, indices, cfg.num_generations)
     chunk = cfg.per_device_train_batch_size * cfg.num_generations
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    r = rollout(actors, rows, sampling, chunk, device)
+    r = rollout(actors, rows, sampling, chunk, device, seconds)
     t1 = time.perf_counter()
     e = experience(r, cfg, state)
     kl_coef = state.kl.value
@@ -277,6 +282,8 @@ def ppo_step(
         "response_length": tokens / r.mask.shape[0],
         "rollout_tokens_per_s": round(tokens / (t1 - t0), 1),
         "train_tokens_per_s": round(cfg.ppo_epochs * r.attention_mask.sum().item() / (t2 - t1), 1),
+        **{k: round(v, 3) for k, v in seconds.items()},  # where a step's time goes
+        "train_s": round(t2 - t1, 3),
         "learning_rate": opts.actor_schedule.get_last_lr()[0],
     }
 

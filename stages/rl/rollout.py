@@ -10,6 +10,7 @@ never from pad ids (a sampled reply may contain the pad token). Heavy imports: r
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -209,9 +210,18 @@ class Actors:
                 yield self.policy
 
 
-def rollout(actors: Actors, rows: dict[str, list], s: Sampling, chunk: int, device: Any) -> Rollout:
+def rollout(
+    actors: Actors,
+    rows: dict[str, list],
+    s: Sampling,
+    chunk: int,
+    device: Any,
+    seconds: dict[str, float] | None = None,
+) -> Rollout:
     """Sample a reply for every row (in generation batches of `chunk` rows, which share the
-    prompt padding), then score it and run each model once over it."""
+    prompt padding), then score it and run each model once over it; `seconds` receives the time
+    spent sampling (`generate_s`) and in the scoring forwards (`score_s`)."""
+    t0 = time.perf_counter()
     prompts = [list(p) for p in rows["prompt_ids"]]
     prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, s.pad_id))
     with actors.autocast():
@@ -237,7 +247,11 @@ def rollout(actors: Actors, rows: dict[str, list], s: Sampling, chunk: int, devi
         values=None,
         scores=torch.empty(0),
     )
-    return measure(actors, rows, prompts, pending, s.temperature, chunk)
+    t1 = time.perf_counter()
+    measured = measure(actors, rows, prompts, pending, s.temperature, chunk)
+    if seconds is not None:
+        seconds.update(generate_s=t1 - t0, score_s=time.perf_counter() - t1)
+    return measured
 
 
 @torch.no_grad()
