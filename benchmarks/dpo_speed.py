@@ -1,19 +1,27 @@
 """LoRA DPO of SmolLM2-135M on this CPU: our dpo stage vs TRL's DPOTrainer used plainly.
 
-    python benchmarks/dpo_speed.py [--steps 10] [--rounds 2]
+    python benchmarks/dpo_speed.py [--steps 10] [--rounds 2] [--threads 1] [--no-shared-prompt]
 
-Same weights (SmolLM2 after the same conversion), the same demo preference pairs, LoRA rank 8 on
-all linear layers, fp32, batch 4, learning rate 5e-6, beta 0.1, sigmoid loss. Ours: the dpo stage
-with its defaults (the `pairs` node tokenizes; the reference is the upstream model with the new
-adapter disabled). TRL: DPOTrainer on the conversational rows with a peft_config, as its docs
-show. Runs alternate A B A B, each in a fresh process (this machine's speed drifts); prints
-pairs/s per run, the ratio per round and its spread. Needs the [gguf] extra.
+Same weights (SmolLM2 after the same conversion), the same demo preference pairs (the same token
+ids: TRL renders the conversational rows with the same chat template), LoRA rank 8 on all linear
+layers, fp32, batch 4, learning rate 5e-6, beta 0.1, sigmoid loss. Ours: the dpo stage with its
+defaults (the `pairs` node tokenizes; the reference is the upstream model with the new adapter
+disabled; one packed row per pair, `shared_prompt`). TRL: DPOTrainer on the conversational rows
+with a peft_config, as its docs show, in fp32 (`bf16=False`: TRL defaults to bf16, which a CPU
+refuses) and otherwise its defaults, among them gradient checkpointing; a third run, TRL without
+gradient checkpointing, separates that default from the rest of the difference.
+
+Runs alternate ours / TRL / TRL without checkpointing, each in a fresh process, on `--threads`
+intra-op threads (default 1: on a shared 2-core machine two OpenMP threads stall each other and
+step times swing tenfold; 0 keeps torch's default); prints pairs/s per run (train_runtime over
+all steps), the ratios per round and their median. Needs the [gguf] extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,7 +54,7 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
     return base, data
 
 
-def run_ours(base: Path, data: Path, steps: int, out: Path) -> dict:
+def run_ours(base: Path, data: Path, steps: int, out: Path, shared_prompt: bool = True) -> dict:
     from stages.base import Context
     from stages.dpo import DpoConfig, DpoStage
 
@@ -72,12 +80,14 @@ def run_ours(base: Path, data: Path, steps: int, out: Path) -> dict:
         save_steps=10_000,
         logging_steps=1,
         report_to="none",
+        shared_prompt=shared_prompt,
     )
     DpoStage().run(ctx, cfg)
-    return {"runtime": _runtime(out / "train_log.jsonl")}
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {"runtime": _runtime(log), "first": _first(log)}
 
 
-def run_trl(base: Path, steps: int, out: Path) -> dict:
+def run_trl(base: Path, steps: int, out: Path, checkpointing: bool = True) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,6 +116,7 @@ def run_trl(base: Path, steps: int, out: Path) -> dict:
         disable_tqdm=True,
         max_length=512,
         bf16=False,  # fp32 like ours (TRL defaults to bf16, which a CPU refuses)
+        gradient_checkpointing=checkpointing,  # TRL's default: on
     )
     peft = LoraConfig(
         r=RANK, lora_alpha=2 * RANK, target_modules="all-linear", task_type="CAUSAL_LM"
@@ -117,62 +128,89 @@ def run_trl(base: Path, steps: int, out: Path) -> dict:
         processing_class=tokenizer,
         peft_config=peft,
     )
-    return {"runtime": trainer.train().metrics["train_runtime"]}
+    runtime = trainer.train().metrics["train_runtime"]
+    return {"runtime": runtime, "first": _first(trainer.state.log_history)}
 
 
 def _user(row: dict) -> str:
     return f"{row['instruction']}\n{row['input']}" if row["input"] else row["instruction"]
 
 
-def _runtime(log: Path) -> float:
-    for line in reversed(log.read_text().splitlines()):
-        record = json.loads(line)
+def _runtime(log: list[dict]) -> float:
+    for record in reversed(log):
         if "train_runtime" in record:
             return float(record["train_runtime"])
-    raise RuntimeError(f"no train_runtime in {log}")
+    raise RuntimeError("no train_runtime in the log")
 
 
-def child(which: str, base: Path, data: Path, steps: int, out: Path) -> float:
-    """One run in a fresh process; returns pairs per second."""
-    args = [sys.executable, __file__, "--one", which, "--base", str(base), "--data", str(data)]
-    args += ["--steps", str(steps), "--out", str(out)]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+def _first(log: list[dict]) -> dict:
+    """The first step's loss and log-probabilities: both runs see the same pairs first, from
+    the same weights, so these agree to rounding."""
+    names = ("loss", "logps/chosen", "logps/rejected")
+    return {name: round(float(log[0][name]), 4) for name in names}
+
+
+RUNS = {
+    "ours": "ours (dpo stage, defaults)",
+    "trl": "TRL plain",
+    "trl-nockpt": "TRL without checkpointing",
+}
+
+
+def child(which: str, base: Path, data: Path, args: argparse.Namespace, out: Path) -> float:
+    """One run in a fresh process; returns pairs per second (and prints its first step)."""
+    cmd = [sys.executable, __file__, "--one", which, "--base", str(base), "--data", str(data)]
+    cmd += ["--steps", str(args.steps), "--out", str(out)]
+    cmd += ["--no-shared-prompt"] if args.no_shared_prompt else []
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{which} run failed:\n{done.stderr[-3000:]}")
-    runtime = json.loads(done.stdout.strip().splitlines()[-1])["runtime"]
-    return steps * BATCH / runtime
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  {RUNS[which]}: step 1 {result['first']}", flush=True)
+    return args.steps * BATCH / result["runtime"]
+
+
+def one(args: argparse.Namespace) -> dict:
+    """The run of a child process."""
+    if args.one == "ours":
+        return run_ours(args.base, args.data, args.steps, args.out, not args.no_shared_prompt)
+    return run_trl(args.base, args.steps, args.out, checkpointing=args.one == "trl")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--one", choices=("ours", "trl"))
+    parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--no-shared-prompt", action="store_true", help="ours: TRL's rows")
+    parser.add_argument("--one", choices=tuple(RUNS))
     parser.add_argument("--base", type=Path)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.one:  # a child run
-        result = (
-            run_ours(args.base, args.data, args.steps, args.out)
-            if args.one == "ours"
-            else run_trl(args.base, args.steps, args.out)
-        )
-        print(json.dumps(result))
+        print(json.dumps(one(args)))
         return
+    ratios: dict[str, list[float]] = {"trl": [], "trl-nockpt": []}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         base, data = prepare(tmp)
-        ratios = []
         for r in range(args.rounds):
-            ours = child("ours", base, data, args.steps, tmp / f"ours-{r}")
-            trl = child("trl", base, data, args.steps, tmp / f"trl-{r}")
-            ratios.append(ours / trl)
-            print(
-                f"round {r + 1}: ours {ours:.2f} pairs/s, TRL {trl:.2f} pairs/s, {ours / trl:.2f}x"
-            )
-    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-    print(f"ours / TRL: median {statistics.median(ratios):.2f}x (rounds {spread}; target >= 1.3x)")
+            speed = {w: child(w, base, data, args, tmp / f"{w}-{r}") for w in RUNS}
+            line = ", ".join(f"{RUNS[w]} {speed[w]:.3f}" for w in RUNS)
+            for w in ratios:
+                ratios[w].append(speed["ours"] / speed[w])
+            vs = ", ".join(f"{ratios[w][-1]:.2f}x vs {RUNS[w]}" for w in ratios)
+            print(f"round {r + 1} (pairs/s): {line}; ours {vs}", flush=True)
+    for w, values in ratios.items():
+        spread = f"{min(values):.2f}-{max(values):.2f}"
+        print(
+            f"ours / {RUNS[w]}: median {statistics.median(values):.2f}x "
+            f"(rounds {spread}; target >= 1.3x vs TRL plain)"
+        )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class DpoConfig(TrainConfig, PairsConfig):
     dpo_label_smoothing: float = 0.0  # robust / exo_pair / aot: share of flipped labels
     pref_ftx: float = 0.0  # weight of the NLL of the chosen replies added to the loss
     precompute_ref_log_probs: bool = False  # score the data with the reference once, up front
-    # one row per pair, [prompt | chosen | rejected], the prompt computed once (same values)
+    # pairs packed as [prompt | chosen | rejected]: the prompt computed once, the same values
     shared_prompt: bool = volatile(True)
 
 

@@ -31,10 +31,10 @@ log = logging.getLogger("pipelines.stage")
 
 @dataclass
 class SharedPromptDPOConfig(DPOConfig):
-    """TRL's DPOConfig, plus whether each pair runs as one packed row (stages/model/
-    shared_prompt.py): the same losses and log-probabilities, the prompt computed once."""
+    """TRL's DPOConfig, plus whether pairs run packed, [prompt | chosen | rejected] (stages/
+    model/shared_prompt.py): the same losses and log-probabilities, the prompt computed once."""
 
-    shared_prompt: bool = field(default=True, metadata={"help": "One packed row per pair."})
+    shared_prompt: bool = field(default=True, metadata={"help": "Pack each pair, prompt once."})
 
 
 class TokenizedDPOTrainer(DPOTrainer):
@@ -44,6 +44,7 @@ class TokenizedDPOTrainer(DPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        drop_fresh_reference(self.accelerator.unwrap_model(self.model))
         if getattr(self.args, "shared_prompt", False):
             self._share_prompts()
 
@@ -66,6 +67,22 @@ class TokenizedDPOTrainer(DPOTrainer):
             share_prompts(model)
 
 
+def drop_fresh_reference(model: Any) -> bool:
+    """TRL copies a PEFT policy's adapter into a frozen "ref" adapter that scores the reference.
+    A fresh LoRA adapter (every lora_B zero) adds exactly nothing to its layers, so that copy is
+    dropped and TRL disables the adapters instead: the same values, without running the copy.
+    A continued adapter, DoRA magnitudes or any other copied module keep the copy."""
+    if "ref" not in (getattr(model, "peft_config", None) or {}):
+        return False
+    copied = {n: p for n, p in model.named_parameters() if ".ref." in n}
+    if not copied or any(".lora_A.ref." not in n and ".lora_B.ref." not in n for n in copied):
+        return False
+    if any(p.any() for n, p in copied.items() if ".lora_B.ref." in n):
+        return False
+    model.delete_adapter("ref")
+    return True
+
+
 @dataclass
 class SequentialKTOConfig(KTOConfig):
     """KTO's KL term scores each reply after its neighbour's prompt within a batch, so batches
@@ -80,6 +97,10 @@ class SequentialKTOConfig(KTOConfig):
 class TokenizedKTOTrainer(KTOTrainer):
     """KTO on rows of prompt_ids / completion_ids / label (the `kto_data` node's). Only the
     mismatched KL completions are added, exactly as TRL does: rotated by one within each batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        drop_fresh_reference(self.accelerator.unwrap_model(self.model))
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
         if not self.calculate_KL:

@@ -1,14 +1,15 @@
-"""One row per preference pair: [prompt | chosen | rejected], the prompt computed once.
+"""Packed preference pairs: [prompt | chosen | rejected], the prompt computed once.
 
-TRL's DPOTrainer runs [prompt + chosen] and [prompt + rejected] as two rows, for the policy and
-again for the reference, so a prompt longer than its replies (a system prompt, an instruction
-with its input) is computed twice per pair per model. Here the causal LM's forward (the one TRL
-patched with its fused LM head) turns such a call into one packed row per pair: the rejected
+TRL's DPOTrainer runs [prompt + chosen] and [prompt + rejected] as two padded rows, for the
+policy and again for the reference, so a prompt longer than its replies (a system prompt, an
+instruction with its input) is computed twice per pair per model. Here the causal LM's forward
+(the one TRL patched with its fused LM head) turns such a call into packed pairs: the rejected
 reply's positions restart where the prompt ends, and a 4D mask lets its tokens see the prompt and
-themselves, never the chosen reply. Each reply token is then scored from the same hidden state as
-in its own row (the first of both replies from the prompt's last token), through TRL's own head,
-and the results go back to the [chosen; rejected] per-token layout TRL's loss code reads. Only
-the scored positions reach the LM head (TRL projects every position on a CPU).
+themselves, never the chosen reply (nor another pair: short pairs share a row, unpadded). Each
+reply token is scored from the same hidden state as in its own row (the first of both replies
+from the prompt's last token), through TRL's own head, and the results go back to the
+[chosen; rejected] per-token layout TRL's loss code reads. Only the scored positions reach the
+LM head (on a CPU, TRL's head projects every position of every row).
 
 Imported only from a stage's run() (it imports torch).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,21 +26,38 @@ import torch
 IGNORE = -100
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
-TRL_KEYS = {"input_ids", "attention_mask", "use_cache"}  # what TRL's DPO forward passes
+# what TRL's DPO forward passes (PEFT's causal-LM wrapper adds more, set to None)
+TRL_KEYS = {"input_ids", "attention_mask", "use_cache"}
+# pairs share a row up to this many tokens: no padding between them, while attention computed
+# densely over the row (masked across pairs) stays a small part of the work
+ROW_TOKENS = 256
 
 
 @dataclass
 class Layout:
     """The packed rows of a batch of pairs, and where each scored token came from."""
 
-    input_ids: torch.Tensor  # [pairs, width]
-    position_ids: torch.Tensor  # [pairs, width]
-    segments: torch.Tensor  # [pairs, width]: PROMPT, CHOSEN, REJECTED or PAD
-    source: torch.Tensor  # [pairs, slots]: the packed position whose hidden state scores a slot
-    shift_labels: torch.Tensor  # [pairs, slots]: the token it scores (IGNORE in padding slots)
-    slots: tuple[torch.Tensor, torch.Tensor]  # (pair, slot) of every real slot
+    input_ids: torch.Tensor  # [rows, width]
+    position_ids: torch.Tensor  # [rows, width]
+    segments: torch.Tensor  # [rows, width]: PROMPT, CHOSEN, REJECTED or PAD
+    owners: torch.Tensor  # [rows, width]: the pair a position belongs to (-1: padding)
+    source: torch.Tensor  # [rows, slots]: the packed position whose hidden state scores a slot
+    shift_labels: torch.Tensor  # [rows, slots]: the token it scores (IGNORE in padding slots)
+    slots: tuple[torch.Tensor, torch.Tensor]  # (row, slot) of every real slot
     plain: tuple[torch.Tensor, torch.Tensor]  # its (row, position) in TRL's [2 * pairs, T - 1]
     plain_shape: tuple[int, int]
+
+
+@dataclass
+class _Row:
+    """One packed row under construction."""
+
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+    source: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
 
 
 def unsupported(model: Any) -> str | None:
@@ -97,32 +115,44 @@ def pair_layout(
 
 
 def _pack(ids: list[list[int]], starts: list[int], lengths: list[int], device: Any) -> Layout:
-    """Rows [prompt | chosen | rejected] and the index maps between them and TRL's rows."""
+    """Pairs [prompt | chosen | rejected], several to a row up to ROW_TOKENS (no padding between
+    them; a longer pair has a row of its own), and the index maps to and from TRL's rows."""
     pairs = len(starts)
-    packed, positions, segments, source, labels = [], [], [], [], []
+    sizes = [lengths[i] + lengths[pairs + i] - starts[i] for i in range(pairs)]
+    capacity = max(ROW_TOKENS, *sizes)
+    rows: list[_Row] = []
     slots: tuple[list[int], list[int]] = ([], [])
     plain: tuple[list[int], list[int]] = ([], [])
     for i, p in enumerate(starts):
+        row = next((r for r in rows if len(r.ids) + sizes[i] <= capacity), None)
+        if row is None:
+            row = _Row()
+            rows.append(row)
         chosen, rejected = ids[i][p : lengths[i]], ids[pairs + i][p : lengths[pairs + i]]
-        c, r = len(chosen), len(rejected)
-        packed.append(ids[i][:p] + chosen + rejected)
-        positions.append([*range(p + c), *range(p, p + r)])
-        segments.append([PROMPT] * p + [CHOSEN] * c + [REJECTED] * r)
+        c, r, at = len(chosen), len(rejected), len(row.ids)
+        row.ids += ids[i][:p] + chosen + rejected
+        row.positions += [*range(p + c), *range(p, p + r)]
+        row.segments += [PROMPT] * p + [CHOSEN] * c + [REJECTED] * r
+        row.owners += [i] * sizes[i]
         # each reply's first token is scored from the prompt's last position, the rest from
         # the token before them in their own segment
-        source.append([p - 1 + k for k in range(c)] + [p - 1] + [p + c + k for k in range(r - 1)])
-        labels.append(chosen + rejected)
-        slots[0].extend([i] * (c + r))
-        slots[1].extend(range(c + r))
+        first = at + p - 1
+        slots[0].extend([rows.index(row)] * (c + r))
+        slots[1].extend(range(len(row.source), len(row.source) + c + r))
+        row.source += (
+            [first + k for k in range(c)] + [first] + [first + c + k for k in range(r)][1:]
+        )
+        row.labels += chosen + rejected
         plain[0].extend([i] * c + [pairs + i] * r)
         plain[1].extend([*range(p - 1, p - 1 + c), *range(p - 1, p - 1 + r)])
     tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
     return Layout(
-        input_ids=tensor(_pad(packed, 0)),
-        position_ids=tensor(_pad(positions, 0)),
-        segments=tensor(_pad(segments, PAD)),
-        source=tensor(_pad(source, 0)),
-        shift_labels=tensor(_pad(labels, IGNORE)),
+        input_ids=tensor(_pad([r.ids for r in rows], 0)),
+        position_ids=tensor(_pad([r.positions for r in rows], 0)),
+        segments=tensor(_pad([r.segments for r in rows], PAD)),
+        owners=tensor(_pad([r.owners for r in rows], -1)),
+        source=tensor(_pad([r.source for r in rows], 0)),
+        shift_labels=tensor(_pad([r.labels for r in rows], IGNORE)),
         slots=(tensor(slots[0]), tensor(slots[1])),
         plain=(tensor(plain[0]), tensor(plain[1])),
         plain_shape=(2 * pairs, len(ids[0]) - 1),
@@ -134,15 +164,15 @@ def _pad(rows: list[list[int]], value: int) -> list[list[int]]:
     return [r + [value] * (width - len(r)) for r in rows]
 
 
-def pair_mask(segments: torch.Tensor, attention: str, dtype: torch.dtype) -> torch.Tensor:
-    """[pairs, 1, width, width]: causal, except that rejected tokens do not see the chosen
-    reply; padding keys are seen by no one but themselves (so no query row is empty). sdpa takes
+def pair_mask(layout: Layout, attention: str, dtype: torch.dtype) -> torch.Tensor:
+    """[rows, 1, width, width]: causal within each pair, except that rejected tokens do not see
+    the chosen reply; padding is seen by no one but itself (so no query row is empty). sdpa takes
     it as booleans, eager as an additive float mask."""
+    segments, owners = layout.segments, layout.owners
     width = segments.size(1)
     causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
-    query, key = segments[:, :, None], segments[:, None, :]
-    allowed = causal & ~((query == REJECTED) & (key == CHOSEN))
-    allowed &= (key != PAD) | torch.eye(width, dtype=torch.bool, device=segments.device)
+    allowed = causal & (owners[:, :, None] == owners[:, None, :])
+    allowed &= ~((segments[:, :, None] == REJECTED) & (segments[:, None, :] == CHOSEN))
     allowed = allowed[:, None]
     if attention == "sdpa":
         return allowed
@@ -154,7 +184,14 @@ def pair_mask(segments: torch.Tensor, attention: str, dtype: torch.dtype) -> tor
 def unpack(output: Any, layout: Layout) -> Any:
     """TRL's per-token fields of the packed slots, back in the [chosen; rejected] rows (zeros
     elsewhere, as TRL returns them for unscored positions)."""
-    for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
+    for name in (
+        "log_probs",
+        "entropy",
+        "log_sum_sq_probs",
+        "mean_logits",
+        "is_top1",
+        "label_mask",
+    ):
         value = getattr(output, name, None)
         if value is None:
             continue
@@ -168,13 +205,16 @@ def share_prompts(model: Any) -> None:
     """Wrap `model.forward` (TRL's fused-head forward on the causal LM, not a PEFT wrapper): a
     fused call on a DPO batch runs packed pairs; every other call is passed through."""
     fused = model.forward
+    if getattr(fused, "packs_pairs", False):
+        return
     attention = model.config._attn_implementation
     limit = window(model)
 
     @functools.wraps(fused)
     def forward(*args: Any, fused_lm_head: bool = False, labels: Any = None, **kwargs: Any) -> Any:
         layout = None
-        if fused_lm_head and labels is not None and not args and set(kwargs) <= TRL_KEYS:
+        given = {key for key, value in kwargs.items() if value is not None}
+        if fused_lm_head and labels is not None and not args and given <= TRL_KEYS:
             ids = kwargs["input_ids"]
             if limit is None or ids.size(1) <= limit:
                 layout = pair_layout(ids, kwargs.get("attention_mask"), labels)
@@ -185,7 +225,7 @@ def share_prompts(model: Any) -> None:
         try:
             output = fused(
                 input_ids=layout.input_ids,
-                attention_mask=pair_mask(layout.segments, attention, dtype),
+                attention_mask=pair_mask(layout, attention, dtype),
                 position_ids=layout.position_ids,
                 use_cache=False,
                 fused_lm_head=True,
@@ -195,6 +235,7 @@ def share_prompts(model: Any) -> None:
             hook.remove()
         return unpack(output, layout)
 
+    forward.packs_pairs = True  # type: ignore[attr-defined]
     model.forward = forward
 
 
