@@ -84,3 +84,38 @@ def test_scoring_function_gives_the_models_scores(
     torch.testing.assert_close(torch.tensor(batched), torch.tensor(alone), atol=1e-5, rtol=0)
     chats = [[{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]]
     assert len(scorer(chats)) == 1 and math.isfinite(scorer(chats)[0])
+
+
+def test_rm_on_a_lora_sft_puts_its_head_on_the_merged_upstream(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """rm with LoRA on top of an sft LoRA adapter: the upstream adapter is merged, the scalar
+    head goes on the merged model, and the reward artifact reloads with it."""
+    import torch
+
+    from stages.model.loading import merged
+    from tests.training import run_sft
+
+    base, data = prepared
+    sft = run_sft(base, base_and_data(tmp_path / "d", max_samples=8)[1], tmp_path / "sft")
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    keys = {"sft-key": sft.out, "base-key": base}
+    ctx = Context(
+        "rm",
+        "k",
+        rm,
+        tmp_path / "rmw",
+        {"model": sft.out, "data": data},
+        input_keys={"model": "sft-key"},
+        resolve=lambda key: keys[key],
+    )
+    RmStage().run(ctx, RmConfig(**{**SHORT, "finetuning_type": "lora"}))  # type: ignore[arg-type]
+    assert read_model_json(rm)["base"] == "sft-key"
+    upstream = merged(load_model(sft.out, lambda key: keys[key]))
+    reward = load_model(rm, lambda key: keys[key])  # the rm adapter on sft merged + its head
+    assert reward.config.num_labels == 1
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), reward.disable_adapter():  # under the adapter: sft's merged backbone
+        under = reward.get_base_model().model(ids).last_hidden_state
+    torch.testing.assert_close(under, upstream.model(ids).last_hidden_state)

@@ -89,6 +89,11 @@ def load_model(
             )
     from peft import PeftModel
 
+    own = meta.get("head", CAUSAL_LM)
+    if head != own:  # a new head on an adapter's model (rm on a LoRA sft): merge, then swap
+        options = {"dtype": dtype, "attn_implementation": attn_implementation}
+        whole = merged(load_model(path, resolve, rope_scaling=rope_scaling, head=own, **options))
+        return _with_head(whole, head, path)
     base = load_model(
         Path(path) / meta["base_dir"] if meta.get("base_dir") else resolve(meta["base"]),
         resolve,
@@ -104,6 +109,22 @@ def load_model(
 
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(path))
     return model
+
+
+def _with_head(model: Any, head: str, path: Path) -> Any:
+    """The same backbone weights under another head (the new head initialised fresh): the
+    backbone's parameter names are shared by a model's causal-LM and classification classes."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for k, v in _head_options(head, path, config.to_dict()).items():
+        setattr(config, k, v)
+    with _quiet_new_head(True):
+        out = _auto_class(head).from_config(config, dtype=model.dtype)
+    prefix = out.base_model_prefix
+    backbone = getattr(model, prefix).state_dict()
+    getattr(out, prefix).load_state_dict(backbone)
+    return out
 
 
 @contextmanager
@@ -127,12 +148,12 @@ def _auto_class(head: str) -> Any:
     return AutoModelForSequenceClassification if head == REWARD else AutoModelForCausalLM
 
 
-def _head_options(head: str, path: Path) -> dict[str, Any]:
+def _head_options(head: str, path: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """A reward head: one output, and the pad id its last-token pooling needs."""
     if head != REWARD:
         return {}
     options: dict[str, Any] = {"num_labels": 1}
-    config = json.loads((Path(path) / "config.json").read_text())
+    config = config or json.loads((Path(path) / "config.json").read_text())
     if config.get("pad_token_id") is None:
         options["pad_token_id"] = _pad_id(path, config)
     return options
