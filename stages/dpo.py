@@ -78,23 +78,17 @@ class DpoStage:
         return memory_profile(cfg, roles)
 
     def run(self, ctx: Context, cfg: DpoConfig) -> None:
-        from stages.data.build import chat_tokenizer, load_splits
         from stages.model import preference
-        from stages.model.finetune import Recipe, fine_tune
+        from stages.model.finetune import Recipe
         from stages.model.preference_trainers import SharedPromptDPOConfig, TokenizedDPOTrainer
 
-        tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
-        preference.check_tokenizers(ctx, tokenizer)
-        train, val = load_splits(ctx.inputs["data"])
-        if cfg.group_by_length:
-            train, val = preference.with_lengths(train), preference.with_lengths(val)
         recipe = Recipe(
             trainer=TokenizedDPOTrainer,
             args_cls=SharedPromptDPOConfig,
             args={**dpo_args(cfg), "shared_prompt": cfg.shared_prompt},
             extra=preference.reference_extra(ctx, cfg),
         )
-        fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
+        preference.train_pairs(ctx, cfg, recipe)
         preference.record_rewards(ctx)
 
 

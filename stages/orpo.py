@@ -49,16 +49,10 @@ class OrpoStage:
         return {"sequences": 2}
 
     def run(self, ctx: Context, cfg: OrpoConfig) -> None:
-        from stages.data.build import chat_tokenizer, load_splits
         from stages.model import preference
-        from stages.model.finetune import Recipe, fine_tune
+        from stages.model.finetune import Recipe
         from stages.model.preference_trainers import ORPOConfig, TokenizedORPOTrainer, paired_rows
 
-        tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
-        train, val = load_splits(ctx.inputs["data"])
-        if cfg.group_by_length:
-            train, val = preference.with_lengths(train), preference.with_lengths(val)
-        train, val = paired_rows(train), paired_rows(val)
         recipe = Recipe(
             trainer=TokenizedORPOTrainer,
             args_cls=ORPOConfig,
@@ -68,5 +62,5 @@ class OrpoStage:
                 "disable_dropout": True,
             },
         )
-        fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
+        preference.train_pairs(ctx, cfg, recipe, paired_rows)
         preference.record_rewards(ctx, (*preference.REWARD_METRICS, "log_odds_ratio"))

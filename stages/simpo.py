@@ -55,16 +55,10 @@ class SimpoStage:
         return {"sequences": 2}
 
     def run(self, ctx: Context, cfg: SimpoConfig) -> None:
-        from stages.data.build import chat_tokenizer, load_splits
         from stages.model import preference
-        from stages.model.finetune import Recipe, fine_tune
+        from stages.model.finetune import Recipe
         from stages.model.preference_trainers import CPOConfig, TokenizedCPOTrainer, paired_rows
 
-        tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
-        train, val = load_splits(ctx.inputs["data"])
-        if cfg.group_by_length:
-            train, val = preference.with_lengths(train), preference.with_lengths(val)
-        train, val = paired_rows(train), paired_rows(val)
         recipe = Recipe(
             trainer=TokenizedCPOTrainer,
             args_cls=CPOConfig,
@@ -77,5 +71,5 @@ class SimpoStage:
                 "disable_dropout": True,
             },
         )
-        fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
+        preference.train_pairs(ctx, cfg, recipe, paired_rows)
         preference.record_rewards(ctx)

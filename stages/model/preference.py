@@ -121,3 +121,23 @@ def memory_profile(cfg: Any, roles: dict[str, str | None]) -> dict[str, int]:
         cfg.finetuning_type == "lora" or cfg.precompute_ref_log_probs
     )
     return {"sequences": 2, "frozen": 0 if own else 1}
+
+
+def train_pairs(
+    ctx: Context, cfg: Any, recipe: Any, rows: Callable[[Any], Any] | None = None
+) -> None:
+    """What dpo / orpo / simpo run: the data's chat template and stop tokens, the pairs (with a
+    `length` column for group_by_length, converted by `rows` for trainers that want another
+    layout), the reference's tokenizer checked, then the one training path."""
+    from stages.data.build import chat_tokenizer, load_splits
+    from stages.model.finetune import fine_tune
+
+    tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
+    if "ref_model" in ctx.inputs:
+        check_tokenizers(ctx, tokenizer)
+    train, val = load_splits(ctx.inputs["data"])
+    if cfg.group_by_length:
+        train, val = with_lengths(train), with_lengths(val)
+    if rows is not None:
+        train, val = rows(train), rows(val)
+    fine_tune(ctx, cfg, tokenizer, train, val, stop_ids=stops, recipe=recipe)
