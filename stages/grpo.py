@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
-from stages.rl.reward_funcs import module_file, reward_func_files
+from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16
@@ -158,14 +158,7 @@ def check_sampling(cfg: GroupConfig) -> list[tuple[str, str]]:
     ):
         if bad:
             problems.append((name, f"invalid value {getattr(cfg, name)!r}"))
-    for path in cfg.reward_funcs:
-        module, sep, func = path.partition(":")
-        if not (sep and module and func):
-            problems.append(("reward_funcs", f"'{path}' is not a dotted path: module:function"))
-        elif module_file(module) is None:
-            problems.append(
-                ("reward_funcs", f"cannot find module '{module}' of '{path}': is it on PYTHONPATH?")
-            )
+    problems += check_reward_funcs(cfg.reward_funcs)
     return problems
 
 

@@ -11,20 +11,18 @@ The artifact is the policy, laid out as fine_tune writes it, plus `critic/`, the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
-from stages.rl.reward_funcs import module_file, reward_func_files
+from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 ESTIMATORS = ("gae", "reinforce_pp", "group")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 VALUE_INIT = ("reward", "policy")
-DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 NO_REWARD = (
     "ppo needs a reward: name a reward model stage (reward_model: <rm stage>) "
     "or set reward_funcs (module:function)"
@@ -154,17 +152,7 @@ class PpoStage:
 
 def check_ppo(cfg: PpoConfig) -> list[tuple[str, str]]:
     """Compile-time rules between PPO's own fields (and the training fields PPO cannot use)."""
-    problems = _unsupported(cfg)
-    for path in cfg.reward_funcs or []:
-        module = path.partition(":")[0]
-        if not DOTTED.match(path):
-            problems.append(
-                ("reward_funcs", f"'{path}' is not a dotted path: write module:function")
-            )
-        elif module_file(module) is None:
-            problems.append(
-                ("reward_funcs", f"cannot find module '{module}' of '{path}': is it on PYTHONPATH?")
-            )
+    problems = _unsupported(cfg) + check_reward_funcs(cfg.reward_funcs)
     group = cfg.advantage_estimator == "group"
     if group and cfg.num_generations < 2:
         problems.append(("num_generations", "the group estimator compares replies: set >= 2"))

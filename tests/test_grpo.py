@@ -247,7 +247,7 @@ def test_check_config_names_the_batch_keys() -> None:
     assert [k for k, _ in check(evaluated)] == ["per_device_train_batch_size"]
     paths = ["stages.data.demo.exact", "no_such.module:f", RULE]
     assert check(GrpoConfig(reward_funcs=paths)) == [
-        ("reward_funcs", "'stages.data.demo.exact' is not a dotted path: module:function"),
+        ("reward_funcs", "'stages.data.demo.exact' is not a dotted path: write module:function"),
         (
             "reward_funcs",
             "cannot find module 'no_such.module' of 'no_such.module:f': is it on PYTHONPATH?",

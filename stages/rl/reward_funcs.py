@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,23 @@ def reward_func_files(paths: list[str] | None) -> list[str]:
     rewards, so a stage's key covers them (found without importing the modules)."""
     found = (module_file(path.partition(":")[0]) for path in paths or [])
     return sorted({str(f) for f in found if f is not None})
+
+
+DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def check_reward_funcs(paths: list[str] | None) -> list[tuple[str, str]]:
+    """Compile time: each `reward_funcs` entry is `module:function` and its module exists (found
+    without importing it)."""
+    problems = []
+    for path in paths or []:
+        module = path.partition(":")[0]
+        if not DOTTED.match(path):
+            problems.append(
+                ("reward_funcs", f"'{path}' is not a dotted path: write module:function")
+            )
+        elif module_file(module) is None:
+            problems.append(
+                ("reward_funcs", f"cannot find module '{module}' of '{path}': is it on PYTHONPATH?")
+            )
+    return problems
