@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ROOT, pipelines
+from tests.cli import ROOT, pipelines, run_until_first_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -45,30 +44,13 @@ def sft_artifact(store: Path) -> Path:
     return path
 
 
-def complete_checkpoints(store: Path) -> list[Path]:
-    return list((store / "work").glob("*/checkpoints/checkpoint-*/.complete"))
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, method: str) -> None:
     if method == "qlora":
         pytest.importorskip("bitsandbytes", reason="QLoRA needs the [quant] extra")
     args = [*TRAIN, *METHODS[method]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not complete_checkpoints(tmp_path / "store") and proc.poll() is None:
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    code = run_until_first_checkpoint(*args, cwd=tmp_path)
+    assert code == -signal.SIGKILL, "training finished before it could be killed"
 
     plan = pipelines("plan", *args, cwd=tmp_path)
     (line,) = [ln for ln in plan.stdout.splitlines() if ln.startswith("sft: ")]

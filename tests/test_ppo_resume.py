@@ -7,16 +7,12 @@ CLI as a user runs it."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ROOT, pipelines
+from tests.cli import pipelines, run_until_first_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -49,28 +45,11 @@ def ppo_log(store: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines)}
 
 
-def complete_checkpoints(store: Path) -> list[Path]:
-    return list((store / "work").glob("*/checkpoints/checkpoint-*/.complete"))
-
-
 def test_kill_during_ppo_resumes_with_identical_rewards_and_losses(tmp_path: Path) -> None:
     """LoRA (the default method) here; full and LoRA resume in-process in tests/test_ppo.py."""
     args = ARGS
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not complete_checkpoints(tmp_path / "store") and proc.poll() is None:
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "ppo finished before it could be killed"
+    code = run_until_first_checkpoint(*args, cwd=tmp_path)
+    assert code == -signal.SIGKILL, "ppo finished before it could be killed"
 
     plan = pipelines("plan", *args, cwd=tmp_path)
     (line,) = [ln for ln in plan.stdout.splitlines() if ln.startswith("ppo: ")]
