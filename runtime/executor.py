@@ -72,7 +72,14 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
 def _cached(node: Node, store: Store) -> Outcome:
     manifest = store.manifest(node.key) or {}
     metrics = manifest.get("metrics", {})
-    return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, node.stage.headline)
+    return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, headline(node))
+
+
+def headline(node: Node) -> str:
+    """The metric the summary shows: fixed by the kind, or chosen by its config (eval's
+    `headline_for(cfg)`: the metric the user asked for first)."""
+    chooser = getattr(node.stage, "headline_for", None)
+    return chooser(node.config) if chooser else node.stage.headline
 
 
 def _run_locked(
@@ -125,7 +132,7 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
     store.commit(node.kind, node.key, out_dir, meta)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed
     status = RESUMED if ckpt else RAN
-    return Outcome(node.name, node.kind, node.key, status, wall, metrics, node.stage.headline)
+    return Outcome(node.name, node.kind, node.key, status, wall, metrics, headline(node))
 
 
 def _spec(
