@@ -14,6 +14,9 @@ USAGE = """usage: python -m pipelines <verb> [args]
   show <stage|key>      one artifact's manifest, metrics and lineage
   ls                    the artifacts in the store
   gc [--yes]            remove artifacts no run record references (dry run without --yes)
+  compare [runs | sweep dir | stages] [--sort METRIC] [--stage NAME] [--plot FILE.png]
+                        the configs that differ and the metrics of several runs side by side,
+                        best first (default: the jobs of the latest multirun)
   data preview <dataset> [-n N] [--template T] [overrides]
                         render examples through the template, trained tokens marked
 
@@ -36,6 +39,10 @@ def main(argv: list[str]) -> int:
         from pipelines.inspect import inspect_main
 
         return inspect_main(verb, rest)
+    if verb == "compare":
+        from pipelines.compare import compare_main
+
+        return compare_main(rest)
     if verb == "data" and rest[:1] == ["preview"]:
         from pipelines.preview import preview_main
 

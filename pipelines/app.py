@@ -42,9 +42,12 @@ def _default(f: dataclasses.Field) -> Any:
 def _task(cfg: DictConfig) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipelines.commands import plan_command, run_command
+    from pipelines.commands import current_sweep, plan_command, run_command
 
     command = plan_command if _state["verb"] == "plan" else run_command
+    sweep = current_sweep()
+    if sweep:  # a job of a multirun: `run -m` ends with the comparison of its jobs
+        _state["sweep"] = sweep["dir"]
     try:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         assert isinstance(raw, dict)
@@ -83,7 +86,7 @@ def _remove_output_dir() -> None:
 def run_hydra(verb: str, args: list[str]) -> int:
     """Run the Hydra app for `verb`; returns the process exit code."""
     register_stage_defaults()
-    _state.update(verb=verb, exit=0)
+    _state.update(verb=verb, exit=0, sweep=None)
     if verb == "plan":  # plan writes nothing: no Hydra output dir
         args = [*args, "hydra.output_subdir=null", "hydra.run.dir=."]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them ourselves
@@ -97,6 +100,10 @@ def run_hydra(verb: str, args: list[str]) -> int:
         if not isinstance(e, (HydraException, OmegaConfBaseException)):
             raise
         return _report(hydra_message(e), e)
+    if verb == "run" and _state["sweep"]:
+        from pipelines.compare import sweep_comparison
+
+        print(sweep_comparison(Path(_state["sweep"])))
     return int(_state["exit"])
 
 

@@ -46,12 +46,16 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "running",
         "config": raw,
+        "sweep": current_sweep(),
     }
     store.write_run(record)
     t0 = time.time()
     outcomes = execute(compiled, store, launcher, record)
     failed = [o for o in outcomes if o.status == FAILED]
     record.update(status="failed" if failed else "ok", wall_s=round(time.time() - t0, 3))
+    record["order"] = [o.name for o in outcomes]  # the DAG's order (the record's keys are sorted)
+    for o in outcomes:  # what `compare` sorts by unless told
+        record["stages"][o.name]["headline"] = o.headline
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = store.write_run(record)
     _copy_to_hydra_dir(path)
@@ -72,6 +76,26 @@ def resume_command(overrides: list[str]) -> str:
     """The exact command that reruns this job (and resumes from its checkpoints)."""
     args = [a for a in overrides if not a.startswith("hydra.")]
     return " ".join(["python -m pipelines run", *(shlex.quote(a) for a in args)])
+
+
+def current_sweep() -> dict[str, Any] | None:
+    """{"dir", "job"} of this job of a multirun (`compare` groups jobs by dir); None outside one."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    return {"dir": sweep_dir(hydra), "job": int(hydra.job.num)}
+
+
+def sweep_dir(hydra: Any) -> str:
+    """The absolute sweep dir of a multirun (Hydra's `hydra.sweep.dir`, relative to the launch
+    directory unless absolute)."""
+    return str((Path(hydra.runtime.cwd) / hydra.sweep.dir).resolve())
 
 
 def _copy_to_hydra_dir(record_path: Path) -> None:

@@ -30,13 +30,18 @@ METHODS = {
 
 
 def losses(artifact: Path) -> dict[int, float]:
-    """step -> loss, the last value logged for each step (a resumed run re-logs some steps)."""
+    """step -> loss; each step is logged once, a resumed run included."""
     out = {}
     for line in (artifact / "train_log.jsonl").read_text().splitlines():
         entry = json.loads(line)
         if "loss" in entry:
+            assert entry["step"] not in out, f"step {entry['step']} logged twice"
             out[entry["step"]] = entry["loss"]
     return out
+
+
+def metrics(artifact: Path) -> dict[str, float]:
+    return json.loads((artifact / "manifest.json").read_text())["metrics"]
 
 
 def sft_artifact(store: Path) -> Path:
@@ -72,6 +77,14 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, meth
     assert after
     for s in after:
         assert abs(got[s] - want[s]) <= 1e-5, (s, got[s], want[s])
+    # the manifest describes the whole run, as the uninterrupted one does
+    m_got, m_want = (
+        metrics(sft_artifact(tmp_path / "store")),
+        metrics(sft_artifact(fresh_dir / "store")),
+    )
+    assert m_got["tokens_seen"] == m_want["tokens_seen"]
+    assert abs(m_got["train_loss"] - m_want["train_loss"]) <= 1e-4, (m_got, m_want)
+    assert m_got["tokens_per_s"] < 3 * m_want["tokens_per_s"], (m_got, m_want)
 
 
 CRASH_ON_COMMIT = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 SUPERVISED, PREFERENCE, KTO, TEXT = "supervised", "preference", "kto", "text"
+MULTIPLE_CHOICE = "multiple_choice"  # question, choices, answer: read by eval (mc_dataset)
 
 # which stage kinds take each shape (for the hint in a refusal)
 USED_BY = {
@@ -13,14 +14,15 @@ USED_BY = {
     PREFERENCE: "rm / dpo / orpo / simpo (or as prompts: ppo / grpo)",
     KTO: "kto",
     TEXT: "pt",
+    MULTIPLE_CHOICE: "eval (mc_dataset)",
 }
 
 
 def entry_shape(entry: dict[str, Any]) -> str:
-    """preference (ranking: true), kto (a kto_tag column), text (formatting: text), else
-    supervised."""
-    if entry.get("formatting") == "text":
-        return TEXT
+    """preference (ranking: true), kto (a kto_tag column), text or multiple_choice (by
+    formatting), else supervised."""
+    if entry.get("formatting") in (TEXT, MULTIPLE_CHOICE):
+        return entry["formatting"]
     if entry.get("ranking"):
         return PREFERENCE
     if "kto_tag" in (entry.get("columns") or {}):

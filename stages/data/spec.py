@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FORMATS = ("alpaca", "sharegpt", "openai", "text")
+FORMATS = ("alpaca", "sharegpt", "openai", "text", "multiple_choice")
 
 
 @dataclass

@@ -48,7 +48,7 @@ def fine_tune(
     from stages.model import adapters
     from stages.model.loading import CAUSAL_LM, write_model_json
     from stages.model.optimizers import build_optimizer, missing_package
-    from stages.model.plot import write_loss_png
+    from stages.model.plot import write_training_png
     from stages.model.trainer import SparseLogitsTrainer
     from stages.model.training import callbacks, checkpointing, read_log, training_args
     from stages.model.training import train as train_and_record
@@ -90,7 +90,7 @@ def fine_tune(
         **(recipe.extra(model) if recipe.extra else {}),
     )
     train_and_record(trainer, ctx)
-    write_loss_png(read_log(ctx.out), ctx.out / "loss.png")
+    write_training_png(read_log(ctx.out), ctx.out / "loss.png")
     model = trainer.model
     adapters.save_trained(model, ctx.out, cfg, ctx.work)
     tokenizer.save_pretrained(ctx.out)

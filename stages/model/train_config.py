@@ -26,6 +26,7 @@ TRAINING_CODE = (
     "model/llama_pro.py",
     "model/optimizers.py",
     "model/training.py",
+    "model/health.py",
     "model/trainer.py",
     "data/collate.py",
 )

@@ -141,40 +141,119 @@ def has_cuda() -> bool:
 def callbacks(ctx: Context, cfg: Any, has_eval: bool) -> list[Any]:
     from transformers import EarlyStoppingCallback, TrainerCallback
 
+    from stages.model.health import health_callback
+
+    totals = RunTotals(ctx)
+
     class MarkComplete(TrainerCallback):
-        """The Trainer calls on_save after a checkpoint is fully written: only then mark it."""
+        """The Trainer calls on_save after a checkpoint is fully written: only then mark it,
+        with the run's totals so far beside it."""
+
+        def __init__(self) -> None:
+            self.totals = totals
+
+        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            totals.t0 = time.time()
 
         def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             path = ctx.checkpoints / f"checkpoint-{state.global_step}"
             if path.is_dir() and state.is_world_process_zero:
+                totals.save(path, state.global_step)
                 ctx.mark_checkpoint_complete(path)
 
     class JsonlLog(TrainerCallback):
-        """Every logged step, appended to the work dir (kept across resumes, copied at the end)."""
+        """Every logged step, appended to the work dir (kept across resumes, copied at the end),
+        once per step and kind; the end-of-training summary goes to the manifest instead."""
+
+        def __init__(self) -> None:
+            self.seen: set[tuple[int, bool]] = set()
 
         def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
-            if logs and state.is_world_process_zero:
-                with (ctx.work / "train_log.jsonl").open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            if not logs or not state.is_world_process_zero or "train_loss" in logs:
+                return
+            kind = (state.global_step, any(k.startswith("eval_") for k in logs))
+            if kind in self.seen:
+                return
+            self.seen.add(kind)
+            with (ctx.work / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
-    found = [MarkComplete(), JsonlLog()]
+    found = [health_callback(ctx, cfg), MarkComplete(), JsonlLog()]
     if has_eval and cfg.early_stopping_patience is not None:
         found.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return found
 
 
+TOTALS = "run_totals.json"
+
+
+class RunTotals:
+    """The whole run's loss sum and training seconds, saved in every checkpoint, so that a
+    resumed run reports what an uninterrupted one would (the Trainer counts only its own
+    attempt). `trainer` is set by `train` once the Trainer exists."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.trainer: Any = None
+        self.t0 = time.time()
+        saved = ctx.resume_from / TOTALS if ctx.resume_from else None
+        fresh = {"loss_sum": 0.0, "seconds": 0.0, "steps": 0, "known": not ctx.resume_from}
+        self.prior = json.loads(saved.read_text()) if saved and saved.exists() else fresh
+
+    def _attempt_loss(self) -> float | None:
+        """The loss summed over this attempt's steps so far (the Trainer's own accumulators)."""
+        t = self.trainer
+        total, pending = getattr(t, "_total_loss_scalar", None), getattr(t, "_tr_loss", None)
+        if total is None or pending is None:
+            return None
+        return float(total) + float(pending.item() if hasattr(pending, "item") else pending)
+
+    def save(self, checkpoint: Any, step: int) -> None:
+        loss = self._attempt_loss()
+        totals = {
+            "loss_sum": self.prior["loss_sum"] + (loss or 0.0),
+            "seconds": self.prior["seconds"] + time.time() - self.t0,
+            "steps": step,
+            "known": self.prior.get("known", True) and loss is not None,
+        }
+        (checkpoint / TOTALS).write_text(json.dumps(totals) + "\n")
+
+    def whole_run(self, result: Any) -> tuple[float, float]:
+        """(train loss, training seconds) of the whole run, from this attempt's result."""
+        seconds = self.prior["seconds"] + result.metrics["train_runtime"]
+        if not self.prior.get("known", True):  # resumed from a checkpoint without totals
+            return result.training_loss, seconds
+        attempt_steps = result.global_step - self.prior["steps"]
+        loss_sum = self.prior["loss_sum"] + result.training_loss * attempt_steps
+        return loss_sum / max(result.global_step, 1), seconds
+
+
+def keep_log_until(log: Any, step: int) -> None:
+    """A resumed run re-takes the steps after its checkpoint: drop their old records."""
+    if not log.exists():
+        return
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    log.write_text("".join(ln + "\n" for ln in kept))
+
+
 def train(trainer: Any, ctx: Context) -> None:
-    """Train (resuming from ctx.resume_from), then record metrics and keep the logs."""
+    """Train (resuming from ctx.resume_from), then record the whole run's metrics and keep the
+    logs."""
     t0 = time.time()
     resume = str(ctx.resume_from) if ctx.resume_from else None
+    totals = next(c.totals for c in trainer.callback_handler.callbacks if hasattr(c, "totals"))
+    totals.trainer = trainer
+    if ctx.resume_from:
+        keep_log_until(ctx.work / "train_log.jsonl", int(ctx.resume_from.name.rsplit("-", 1)[1]))
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
     seen = int(trainer.state.num_input_tokens_seen or 0)
+    loss, seconds = totals.whole_run(result)
     ctx.metrics.update(
-        train_loss=result.training_loss,
+        train_loss=loss,
         steps=result.global_step,
         tokens_seen=seen,
-        tokens_per_s=round(seen / result.metrics["train_runtime"], 1) if seen else 0.0,
+        tokens_per_s=round(seen / seconds, 1) if seen else 0.0,
         wall_s=round(wall, 3),
         peak_memory_mb=peak_memory_mb(),
     )

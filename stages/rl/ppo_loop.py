@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from stages.base import Context
+from stages.model.health import check_record, diverged, weights_finite
+from stages.model.training import keep_log_until
 from stages.rl import ppo_math as pm
 from stages.rl.ppo_state import LoopState, load_checkpoint, save_checkpoint
 from stages.rl.rollout import (
@@ -315,6 +317,7 @@ def run_loop(
     bar = tqdm(range(state.step, steps), initial=state.step, total=steps, desc=f"ppo {ctx.name}")
     for _ in bar:
         record = ppo_step(actors, opts, state, data, cfg, sampling, device)
+        _check_health(ctx, cfg, actors, record)
         saving = cfg.save_steps > 0 and state.step % cfg.save_steps == 0
         if val is not None and (saving or state.step == steps):
             record["eval_reward_mean"] = evaluate(actors, val, sampling, chunk, device)
@@ -325,6 +328,15 @@ def run_loop(
     if writer is not None:
         writer.close()
     return state
+
+
+def _check_health(ctx: Context, cfg: Any, actors: Actors, record: dict[str, Any]) -> None:
+    """A non-finite loss, KL or weight fails the stage before anything is logged or saved."""
+    check_record(record["step"], record, cfg, ctx.checkpoints)
+    for name, model in (("policy", actors.policy), ("critic", actors.critic)):
+        if model is not None and not weights_finite(model):
+            what = f"the {name} weights became non-finite (NaN or inf)"
+            raise diverged(record["step"], what, cfg, ctx.checkpoints)
 
 
 def _log(ctx: Context, cfg: Any, record: dict[str, Any], writer: Any) -> None:
@@ -343,15 +355,6 @@ def _log(ctx: Context, cfg: Any, record: dict[str, Any], writer: Any) -> None:
     if writer is not None:
         for k, v in record.items():
             writer.add_scalar(f"ppo/{k}", v, record["step"])
-
-
-def keep_log_until(log: Any, step: int) -> None:
-    """A resumed run re-takes the steps after its checkpoint: drop their old records."""
-    if not log.exists():
-        return
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    log.write_text("".join(ln + "\n" for ln in kept))
 
 
 def _tensorboard(ctx: Context, cfg: Any) -> Any:

@@ -188,16 +188,16 @@ def write_critic(ctx: Context, cfg: Any, critic: Any, tokenizer: Any, base_key: 
 
 
 def _finish_log(ctx: Context) -> list[dict[str, Any]]:
-    """Copy the step log (and TensorBoard events) into the artifact; plot reward_mean."""
+    """Copy the step log (and TensorBoard events) into the artifact; plot reward, KL and losses."""
     import json
     import shutil
 
-    from stages.model.plot import write_curve_png
+    from stages.model.plot import write_training_png
 
     log = ctx.work / LOG
     records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     (ctx.out / LOG).write_bytes(log.read_bytes())
-    write_curve_png(records, "reward_mean", "eval_reward_mean", ctx.out / "reward.png")
+    write_training_png(records, ctx.out / "reward.png")
     if (ctx.work / "tensorboard").is_dir():
         shutil.copytree(ctx.work / "tensorboard", ctx.out / "tensorboard", dirs_exist_ok=True)
     return records

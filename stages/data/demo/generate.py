@@ -4,7 +4,9 @@
 
 Deterministic (fixed seed, fixed key order), stdlib only, our own content. Writes sft.jsonl
 (alpaca), chat.jsonl (multi-turn messages), preference.jsonl (chosen / rejected), text.txt,
-kto.jsonl (one reply with a desirable / undesirable label) and prompts.jsonl (prompts for RL).
+kto.jsonl (one reply with a desirable / undesirable label), prompts.jsonl (prompts for RL),
+test.jsonl (held-out alpaca rows for eval: no prompt of sft.jsonl) and mmlu.jsonl (the same tasks
+as multiple-choice questions: question, A-D, answer letter).
 """
 
 from __future__ import annotations
@@ -56,13 +58,35 @@ def wrong(answer: str, rng: random.Random) -> str:
     return answer + answer[-1]
 
 
+def distractors(answer: str, rng: random.Random, n: int = 3) -> list[str]:
+    """`n` distinct wrong answers: nearby numbers, or shuffles (then small edits) of a string."""
+    if answer.lstrip("-").isdigit():
+        return [str(int(answer) + d) for d in rng.sample((-10, -2, -1, 1, 2, 10), n)]
+    found: list[str] = []
+    for candidate in [wrong(answer, rng) for _ in range(20)] + [answer + c for c in "aeiou"]:
+        if candidate != answer and candidate not in found:
+            found.append(candidate)
+    return found[:n]
+
+
+def multiple_choice(instruction: str, inp: str, rng: random.Random) -> dict:
+    """An MMLU-format row: the question, four choices A-D (one right), the right letter."""
+    answer = solve(instruction, inp)
+    choices = [answer, *distractors(answer, rng)]
+    rng.shuffle(choices)
+    row = {"question": user_text(instruction, inp)}
+    row.update(zip("ABCD", choices, strict=True))
+    return {**row, "answer": "ABCD"[choices.index(answer)]}
+
+
 def user_text(instruction: str, inp: str) -> str:
     """A chat user turn: instruction, then the input on its own line, so it splits back exactly."""
     return f"{instruction}\n{inp}" if inp else instruction
 
 
 def generate(out: Path) -> None:
-    """Write the four demo files into `out`; one seeded stream, so the order of writes matters."""
+    """Write the demo files into `out`; one seeded stream, so the order of writes matters (new
+    files are appended at the end, so the earlier ones stay byte-identical)."""
     rng = random.Random(SEED)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -111,6 +135,21 @@ def generate(out: Path) -> None:
         ins, inp = prompt(rng)
         prompts.append({"instruction": ins, "input": inp})
     _write_jsonl(out / "prompts.jsonl", prompts)
+    seen = {(r["instruction"], r["input"]) for r in rows}  # held out: nothing sft trains on
+    test = []
+    while len(test) < 200:
+        ins, inp = prompt(rng)
+        if (ins, inp) not in seen:
+            seen.add((ins, inp))
+            test.append({"instruction": ins, "input": inp, "output": solve(ins, inp)})
+    _write_jsonl(out / "test.jsonl", test)
+    questions = []
+    while len(questions) < 100:
+        ins, inp = prompt(rng)
+        if (ins, inp) not in seen:
+            seen.add((ins, inp))
+            questions.append(multiple_choice(ins, inp, rng))
+    _write_jsonl(out / "mmlu.jsonl", questions)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,0 +1,3 @@
+"""The eval stage's measurements, one module each: held-out loss (`loss`), generation metrics
+(`generation`), multiple-choice accuracy (`multiple_choice`), reward-model judgements
+(`judge`) and the lm-evaluation-harness (`harness`). `examples` reads the data they share."""
