@@ -22,9 +22,18 @@ class DigestCache:
             except (OSError, ValueError):
                 self.entries = {}  # a damaged cache only costs re-hashing
 
-    def file(self, path: Path) -> str:
+    @staticmethod
+    def _stamp(path: Path) -> str:
         st = path.stat()
-        stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+
+    def remember(self, path: Path, digest: str) -> None:
+        """A digest just computed elsewhere (at commit), for the file as it is now."""
+        self.entries[self._stamp(path)] = digest
+        self.dirty = True
+
+    def file(self, path: Path) -> str:
+        stamp = self._stamp(path)
         digest = self.entries.get(stamp)
         if digest is None:
             digest = sha256_file(path)

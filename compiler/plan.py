@@ -18,6 +18,7 @@ CACHED, RUN, RESUME = "cached", "run", "resume"
 
 class StoreView(Protocol):
     def has(self, key: str) -> bool: ...
+    def damage(self, key: str) -> str | None: ...
     def manifest_for_name(self, name: str) -> dict[str, Any] | None: ...
     def checkpoint(self, key: str) -> int | None: ...
 
@@ -40,11 +41,16 @@ def plan(graph: nx.DiGraph, store: StoreView) -> list[Step]:
     steps: dict[str, Step] = {}
     for name in nx.topological_sort(graph):
         node: Node = graph.nodes[name]["node"]
-        if store.has(node.key):
+        damage = store.damage(node.key) if store.has(node.key) else None
+        if store.has(node.key) and damage is None:
             steps[name] = Step(node, CACHED)
             continue
         stale = [src for src in graph.predecessors(name) if steps[src].status != CACHED]
-        reason = why_run(node, store.manifest_for_name(name), stale)
+        reason = (
+            f"artifact damaged: {damage}"
+            if damage
+            else why_run(node, store.manifest_for_name(name), stale)
+        )
         ckpt = store.checkpoint(node.key)
         steps[name] = Step(node, RESUME if ckpt is not None else RUN, reason, ckpt)
     return list(steps.values())

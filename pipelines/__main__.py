@@ -14,6 +14,8 @@ USAGE = """usage: python -m pipelines <verb> [args]
   show <stage|key>      one artifact's manifest, metrics and lineage
   ls                    the artifacts in the store
   gc [--yes]            remove artifacts no run record references (dry run without --yes)
+  verify [--all | stage | key]
+                        re-hash artifacts against their manifests and report any damage
   compare [runs | sweep dir | stages] [--sort METRIC] [--stage NAME] [--plot FILE.png]
                         the configs that differ and the metrics of several runs side by side,
                         best first (default: the jobs of the latest multirun)
@@ -35,7 +37,7 @@ def main(argv: list[str]) -> int:
         from pipelines.app import run_hydra
 
         return run_hydra(verb, rest)
-    if verb in ("show", "ls", "gc"):
+    if verb in ("show", "ls", "gc", "verify"):
         from pipelines.inspect import inspect_main
 
         return inspect_main(verb, rest)

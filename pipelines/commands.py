@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from compiler.compile import Compiled, compile_pipeline
-from compiler.digests import DigestCache
 from compiler.plan import plan
 from pipelines.summary import plan_lines, summary_table
 from runtime.store import Store, new_run_id
@@ -19,10 +18,8 @@ from runtime.store import Store, new_run_id
 def _compile(raw: dict[str, Any], base_dir: Path) -> tuple[Compiled, Store]:
     store_dir = Path(str(raw.get("store") or ".pipelines"))
     store = Store(store_dir if store_dir.is_absolute() else base_dir / store_dir)
-    digests = DigestCache(store.root / "cache" / "digests.json")
-    compiled = compile_pipeline(raw, base_dir, digests)
-    if store.root.exists():  # never create the store just to remember digests
-        digests.save()
+    compiled = compile_pipeline(raw, base_dir, store.digests)
+    store.save_digests()  # never creates the store just to remember digests
     return compiled, store
 
 

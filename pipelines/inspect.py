@@ -22,6 +22,9 @@ def inspect_main(verb: str, argv: list[str]) -> int:
         parser.add_argument("target", help="a stage name or an artifact key (prefix)")
     if verb == "gc":
         parser.add_argument("--yes", action="store_true", help="delete (default: dry run)")
+    if verb == "verify":
+        parser.add_argument("target", nargs="?", help="a stage name or an artifact key (prefix)")
+        parser.add_argument("--all", action="store_true", help="every artifact in the store")
     args = parser.parse_args(argv)
     store = Store(Path(args.store))
     if not store.root.is_dir():
@@ -30,7 +33,7 @@ def inspect_main(verb: str, argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return {"show": show, "ls": ls, "gc": gc}[verb](store, args)
+    return {"show": show, "ls": ls, "gc": gc, "verify": verify}[verb](store, args)
 
 
 def find_key(store: Store, target: str) -> str | None:
@@ -123,3 +126,38 @@ def gc(store: Store, args: argparse.Namespace) -> int:
             f"{len(doomed)} artifacts unreferenced; run `python -m pipelines gc --yes` to remove them"
         )
     return 0
+
+
+def verify(store: Store, args: argparse.Namespace) -> int:
+    """Re-hash every file of the chosen artifacts (not the cheap check `plan` makes); exit 1
+    when any is damaged."""
+    if args.all == bool(args.target):
+        print("pipelines verify: name one artifact (a stage or key) or pass --all", file=sys.stderr)
+        return 2
+    if args.all:
+        chosen = [m for _, m in store.artifacts()]
+    else:
+        key = find_key(store, args.target)
+        manifest = store.manifest(key) if key else None
+        if manifest is None:
+            print(
+                f"pipelines verify: no artifact for '{args.target}' in {store.root}",
+                file=sys.stderr,
+            )
+            return 2
+        chosen = [manifest]
+    damaged = 0
+    for m in chosen:
+        bad = store.verify(m["key"])
+        where = f"{m['kind']} {m['key'][:KEY_CHARS]} ({m.get('name', '')})"
+        if bad:
+            damaged += 1
+            print(f"DAMAGED  {where}: {', '.join(bad)}")
+        else:
+            print(f"ok       {where}")
+    total = len(chosen)
+    print(
+        f"{total - damaged} of {total} artifacts intact"
+        + ("" if not damaged else "; the next run recomputes the damaged ones")
+    )
+    return 1 if damaged else 0

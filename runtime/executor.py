@@ -92,7 +92,9 @@ def _run_locked(
 
     with store.lock(node.key, on_wait=waiting):
         if store.has(node.key):
-            return _cached(node, store)
+            if store.damage(node.key) is None:
+                return _cached(node, store)
+            store.discard(node.key)  # damaged since its commit: made again, never used
         return _run(node, compiled, store, launcher, run_id)
 
 

@@ -14,14 +14,15 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from compiler.digests import sha256_file
+from compiler.digests import DigestCache, sha256_file
 from stages.base import latest_checkpoint
 
 MANIFEST = "manifest.json"
+READ_ONLY = 0o444
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -38,6 +39,22 @@ def atomic_write_json(path: Path, value: Any) -> None:
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._digests: DigestCache | None = None
+
+    @property
+    def digests(self) -> DigestCache:
+        """File digests remembered by (path, size, mtime, inode): data files for keys, and
+        artifact files for the cheap integrity check."""
+        if self._digests is None:
+            self._digests = DigestCache(self.root / "cache" / "digests.json")
+        return self._digests
+
+    def save_digests(self) -> None:
+        """Remember new digests; a read-only store only costs re-hashing next time."""
+        if not self.root.is_dir():
+            return
+        with suppress(OSError):
+            self.digests.save()
 
     # ---- artifacts
     def find(self, key: str) -> Path | None:
@@ -73,6 +90,7 @@ class Store:
             rel = f.relative_to(payload_dir).as_posix()
             files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
             _fsync_file(f)
+            f.chmod(READ_ONLY)  # immutable by convention, and now by permission too
         atomic_write_json(
             payload_dir / MANIFEST, {**meta, "kind": kind, "key": key, "files": files}
         )
@@ -86,7 +104,37 @@ class Store:
             shutil.rmtree(dest)
         os.rename(payload_dir, dest)
         _fsync_dir(dest.parent)
+        for rel, meta in files.items():  # the integrity check need not re-hash what we just did
+            self.digests.remember(dest / rel, meta["sha256"])
+        self.save_digests()
         return dest
+
+    def damage(self, key: str) -> str | None:
+        """The first file of an artifact that is missing, resized or changed since its commit
+        (None when intact). Cheap: a file whose (size, mtime, inode) is unchanged since it was
+        last hashed is not hashed again."""
+        path = self.find(key)
+        manifest = read_manifest(path) if path else None
+        if path is None or manifest is None:
+            return "<no artifact>"
+        for rel, meta in sorted(manifest["files"].items()):
+            f = path / rel
+            if not f.is_file():
+                return f"{rel} missing"
+            if f.stat().st_size != meta["size"] or self.digests.file(f) != meta["sha256"]:
+                return f"{rel} changed"
+        return None
+
+    def discard(self, key: str) -> None:
+        """Take a (damaged) artifact out of the store: renamed away first, so it is never
+        half-deleted in place."""
+        path = self.find(key)
+        if path is None:
+            return
+        trash = self.root / "trash" / f"{key}-{os.getpid()}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def verify(self, key: str) -> list[str]:
         """Files whose content no longer matches the manifest (empty when intact)."""

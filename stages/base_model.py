@@ -82,18 +82,33 @@ class BaseModelStage:
 
 
 def _copy_local(src: Path, out: Path) -> dict:
-    """Copy a local model directory as it is (hard links where the filesystem allows)."""
+    """Copy a local model directory as it is. The store owns its bytes: a copy (a reflink where
+    the filesystem offers one), never a hard link that a later edit of the user's file would
+    change under the artifact."""
     if not (src / "config.json").exists():
         raise UserError(f"model.name_or_path: {src} has no config.json; is it a model directory?")
     for f in sorted(src.rglob("*")):
         if f.is_file() and ".git" not in f.parts:
             dest = out / f.relative_to(src)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                dest.hardlink_to(f)
-            except OSError:
-                shutil.copy2(f, dest)
+            clone_or_copy(f, dest)
     return {"source": "local"}
+
+
+FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, xfs)
+
+
+def clone_or_copy(src: Path, dest: Path) -> None:
+    """A reflink where the filesystem offers one (instant, and still a separate file), else a
+    byte copy."""
+    import fcntl
+
+    with src.open("rb") as a, dest.open("wb") as b:
+        try:
+            fcntl.ioctl(b.fileno(), FICLONE, a.fileno())
+        except OSError:
+            shutil.copyfileobj(a, b, 1 << 20)
+    shutil.copystat(src, dest)
 
 
 def _download(name: str, revision: str | None, out: Path) -> dict:

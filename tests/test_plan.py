@@ -26,9 +26,13 @@ class View:
     keys: set[str] = field(default_factory=set)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)
     checkpoints: dict[str, int] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
 
     def has(self, key: str) -> bool:
         return key in self.keys
+
+    def damage(self, key: str) -> str | None:
+        return self.damaged.get(key)
 
     def manifest_for_name(self, name: str) -> dict[str, Any] | None:
         return self.last.get(name)
