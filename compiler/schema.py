@@ -145,6 +145,9 @@ def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()
             names = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]
             hint = did_you_mean(str(converted), names) or f"one of: {', '.join(names)}"
             issues.append(Issue(f"{path}.{key}", f"invalid value {converted!r}", hint))
+        elif out_of_range(converted, fields[key].metadata):
+            bound = out_of_range(converted, fields[key].metadata)
+            issues.append(Issue(f"{path}.{key}", f"{converted!r} is out of range", bound))
         else:
             values[key] = converted
     for name, f in fields.items():
@@ -155,6 +158,19 @@ def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()
         return cls(**values)
     except TypeError:
         return None
+
+
+def out_of_range(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """How a number breaks its field's declared range (`bounded`), or None."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
+    low_ok = (lo is None or value >= lo) and (above is None or value > above)
+    if low_ok and (hi is None or value <= hi):
+        return None
+    parts = [f">= {lo}" if lo is not None else "", f"> {above}" if above is not None else ""]
+    parts.append(f"<= {hi}" if hi is not None else "")
+    return "must be " + " and ".join(p for p in parts if p)
 
 
 def conform(value: Any, tp: Any) -> tuple[bool, Any]:

@@ -33,6 +33,20 @@ def volatile(default: Any = dataclasses.MISSING, metadata: dict | None = None, *
     return field(default=default, metadata={"volatile": True, **(metadata or {})}, **kw)
 
 
+def bounded(
+    default: Any,
+    *,
+    min: float | None = None,  # noqa: A002 (reads as the range it states)
+    max: float | None = None,  # noqa: A002
+    above: float | None = None,
+    **metadata: Any,
+) -> Any:
+    """A numeric field with its valid range, declared once beside it: the compiler refuses a
+    value outside it (`min` / `max` inclusive, `above` exclusive) before anything runs."""
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("above", above)) if v is not None}
+    return field(default=default, metadata={**bounds, **metadata})
+
+
 def forwarded_fields(config_cls: type, keep: tuple[str, ...] = ("seed",)) -> tuple[str, ...]:
     """The fields a consumer forwards to an implicit node of this config: all but those the
     consumer has a meaning of its own for (its `seed` is the training seed)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PT_DATA, Context, In, UserError
+from stages.base import MODEL, PT_DATA, Context, In, UserError, bounded
 from stages.data.config import BAD_ROWS
 from stages.data.mixing import STRATEGIES
 from stages.data.shapes import TEXT, refuse
@@ -18,11 +18,11 @@ from stages.data.shapes import TEXT, refuse
 @dataclass
 class BlocksConfig:
     dataset: str | list[str] = "demo_text"  # a name in `datasets` with formatting: text
-    cutoff_len: int = 512  # block size in tokens
-    max_samples: int | None = None  # documents per dataset
+    cutoff_len: int = bounded(512, min=1)  # block size in tokens
+    max_samples: int | None = bounded(None, min=1)  # documents per dataset
     mix_strategy: str = field(default="concat", metadata={"choices": STRATEGIES})
     interleave_probs: list[float] | None = None
-    val_size: float = 0.0  # a fraction (< 1) or a count of validation blocks
+    val_size: float = bounded(0.0, min=0)  # a fraction (< 1) or a count of validation blocks
     bad_rows: str = field(default="error", metadata={"choices": BAD_ROWS})
     seed: int = 42
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PREFERENCE_DATA, Context, In, forwarded_fields, volatile
+from stages.base import (
+    MODEL,
+    PREFERENCE_DATA,
+    Context,
+    In,
+    bounded,
+    forwarded_fields,
+    volatile,
+)
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.pairs import PairsConfig
 
@@ -44,10 +52,14 @@ SMOOTHED = ("robust", "exo_pair", "aot", "aot_unpaired")  # the losses label smo
 class DpoConfig(TrainConfig, PairsConfig):
     """Training fields plus the data fields of the implicit `pairs` node."""
 
-    pref_beta: float = 0.1  # how far from the reference (IPO: its tau)
+    pref_beta: float = bounded(0.1, above=0)  # how far from the reference (IPO: its tau)
     pref_loss: str = field(default="sigmoid", metadata={"choices": DPO_LOSSES})
-    dpo_label_smoothing: float = 0.0  # robust / exo_pair / aot: share of flipped labels
-    pref_ftx: float = 0.0  # weight of the NLL of the chosen replies added to the loss
+    dpo_label_smoothing: float = bounded(
+        0.0, min=0, max=0.5
+    )  # robust / exo_pair / aot: share of flipped labels
+    pref_ftx: float = bounded(
+        0.0, min=0
+    )  # weight of the NLL of the chosen replies added to the loss
     precompute_ref_log_probs: bool = False  # score the data with the reference once, up front
     # pairs packed as [prompt | chosen | rejected]: the prompt computed once, the same values
     shared_prompt: bool = volatile(True)

@@ -13,7 +13,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
+from stages.base import (
+    MODEL,
+    PROMPTS,
+    REWARD_MODEL,
+    Context,
+    In,
+    UserError,
+    bounded,
+    forwarded_fields,
+)
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
@@ -34,16 +43,18 @@ class GroupConfig(TrainConfig, PromptsConfig):
     implicit `prompts` node), sampling and the clipped policy update. TRL's names where
     LLaMA-Factory has none."""
 
-    num_generations: int = 8  # replies sampled per prompt (one group)
+    num_generations: int = bounded(8, min=1)  # replies sampled per prompt (one group)
     generation_batch_size: int | None = None  # None: per_device x gradient_accumulation_steps
-    max_new_tokens: int = 512  # the longest reply (TRL's max_completion_length)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    beta: float = 0.0  # KL coefficient against ref_model (0: no reference is loaded)
-    epsilon: float = 0.2  # clipping of the policy ratio
+    max_new_tokens: int = bounded(512, min=1)  # the longest reply (TRL's max_completion_length)
+    temperature: float = bounded(1.0, above=0)
+    top_p: float = bounded(1.0, above=0, max=1)
+    top_k: int = bounded(0, min=0)  # 0: no top-k filtering
+    beta: float = bounded(
+        0.0, min=0
+    )  # KL coefficient against ref_model (0: no reference is loaded)
+    epsilon: float = bounded(0.2, above=0)  # clipping of the policy ratio
     epsilon_high: float | None = None  # upper clip (DAPO: 0.28); None: epsilon
-    num_iterations: int = 1  # updates per generated batch
+    num_iterations: int = bounded(1, min=1)  # updates per generated batch
     reward_funcs: list[str] = field(default_factory=list)  # module:function, TRL's signature
     reward_weights: list[float] | None = None  # the reward model first, then reward_funcs
     mask_truncated_completions: bool = False  # replies cut at max_new_tokens get no loss

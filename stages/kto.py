@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from stages.base import KTO_DATA, MODEL, Context, In, forwarded_fields
+from stages.base import KTO_DATA, MODEL, Context, In, bounded, forwarded_fields
 from stages.dpo import PREFERENCE_CODE
 from stages.kto_data import KtoDataConfig
 from stages.model.train_config import TrainConfig, check_training
@@ -23,10 +23,10 @@ KTO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 class KtoConfig(TrainConfig, KtoDataConfig):
     """Training fields plus the data fields of the implicit `kto_data` node."""
 
-    pref_beta: float = 0.1
+    pref_beta: float = bounded(0.1, above=0)
     pref_loss: str = field(default="kto", metadata={"choices": KTO_LOSSES})
-    kto_chosen_weight: float = 1.0  # weight of the desirable replies' losses
-    kto_rejected_weight: float = 1.0  # weight of the undesirable replies' losses
+    kto_chosen_weight: float = bounded(1.0, min=0)  # weight of the desirable replies' losses
+    kto_rejected_weight: float = bounded(1.0, min=0)  # weight of the undesirable replies' losses
     precompute_ref_log_probs: bool = False
 
 

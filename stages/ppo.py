@@ -14,7 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PROMPTS, REWARD_MODEL, Context, In, UserError, forwarded_fields
+from stages.base import (
+    MODEL,
+    PROMPTS,
+    REWARD_MODEL,
+    Context,
+    In,
+    UserError,
+    bounded,
+    forwarded_fields,
+)
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
@@ -34,10 +43,14 @@ class PpoConfig(TrainConfig, PromptsConfig):
     """Training fields, the prompts' data fields (forwarded to the implicit `prompts` node), and
     PPO's own. per_device_train_batch_size prompts are sampled per generation batch."""
 
-    ppo_epochs: int = 4  # passes over each rollout
-    ppo_buffer_size: int = 1  # generation batches per PPO step (the experience buffer)
-    mini_batch_size: int | None = None  # rows per optimizer step (None: the whole buffer)
-    num_generations: int = 1  # replies per prompt (group: the group size)
+    ppo_epochs: int = bounded(4, min=1)  # passes over each rollout
+    ppo_buffer_size: int = bounded(
+        1, min=1
+    )  # generation batches per PPO step (the experience buffer)
+    mini_batch_size: int | None = bounded(
+        None, min=1
+    )  # rows per optimizer step (None: the whole buffer)
+    num_generations: int = bounded(1, min=1)  # replies per prompt (group: the group size)
     reward_funcs: list[str] | None = None  # module:function, TRL's f(prompts, completions, **kw)
     reward_weights: list[float] | None = None  # one per source: the reward model first
     missing_eos_penalty: float | None = None  # subtracted from replies that never stop
@@ -45,26 +58,26 @@ class PpoConfig(TrainConfig, PromptsConfig):
     reward_clip: float | None = 5.0
     ppo_whiten_rewards: bool = False
     advantage_estimator: str = field(default="gae", metadata={"choices": ESTIMATORS})
-    gamma: float = 1.0
-    lam: float = 0.95
+    gamma: float = bounded(1.0, min=0, max=1)
+    lam: float = bounded(0.95, min=0, max=1)
     whiten_advantages: bool = True
     kl_estimator: str = field(default="k1", metadata={"choices": KL_ESTIMATORS})
     kl_in_reward: bool = True  # else a KL loss term
-    init_kl_coef: float = 0.05
+    init_kl_coef: float = bounded(0.05, min=0)
     target_kl: float | None = None  # None: a fixed coefficient; else adaptive over kl_horizon
     kl_horizon: int = 10000
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
+    cliprange: float = bounded(0.2, above=0)
+    cliprange_value: float = bounded(0.2, above=0)
     dual_clip: float | None = None
-    vf_coef: float = 0.1
+    vf_coef: float = bounded(0.1, min=0)
     entropy_coef: float = 0.0
     critic_warmup_steps: int = 0  # steps that train only the critic
     critic_learning_rate: float | None = None  # None: learning_rate
     value_init: str | None = field(default=None, metadata={"choices": VALUE_INIT})
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    max_new_tokens: int = 32
+    temperature: float = bounded(1.0, above=0)
+    top_p: float = bounded(1.0, above=0, max=1)
+    top_k: int = bounded(0, min=0)  # 0: off
+    max_new_tokens: int = bounded(32, min=1)
     use_vllm: bool = False
 
 

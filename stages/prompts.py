@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stages.base import MODEL, PROMPTS, Context, In
+from stages.base import MODEL, PROMPTS, Context, In, bounded
 from stages.data.config import ChatDataConfig
 from stages.data.shapes import KTO, PREFERENCE, SUPERVISED, refuse
 from stages.pairs import CODE
@@ -20,7 +20,9 @@ KINDS = ("prompt", "supervised", "preference", "kto")  # example kinds (stages/d
 @dataclass
 class PromptsConfig(ChatDataConfig):
     dataset: str | list[str] = "demo_prompts"
-    cutoff_len: int = 256  # the longest prompt, in tokens (longer ones lose their left context)
+    cutoff_len: int = bounded(
+        256, min=1
+    )  # the longest prompt, in tokens (longer ones lose their left context)
 
 
 class PromptsStage:

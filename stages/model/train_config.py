@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stages.base import volatile
+from stages.base import bounded, volatile
 from stages.model.optimizers import APOLLO_PROJ_TYPES, BADAM_SWITCH
 from stages.model.optimizers import check as check_optimizer
 
@@ -40,9 +40,9 @@ class TrainConfig:
     freeze_trainable_modules: str | list[str] = "all"
     freeze_extra_modules: list[str] | None = None
     llama_pro_blocks: int | None = None  # LLaMA Pro: insert N identity blocks, train only them
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_rank: int = bounded(8, min=1)
+    lora_alpha: int = bounded(16, above=0)
+    lora_dropout: float = bounded(0.0, min=0, max=1)
     lora_target: str | list[str] | None = None  # None: the model preset's targets, else "all"
     use_rslora: bool = False
     use_dora: bool = False
@@ -57,7 +57,7 @@ class TrainConfig:
     double_quantization: bool = True
     attn_implementation: str = field(default="sdpa", metadata={"choices": ATTENTION})
     rope_scaling: dict | None = None  # e.g. {rope_type: yarn, factor: 4.0} for longer context
-    neftune_noise_alpha: float | None = None
+    neftune_noise_alpha: float | None = bounded(None, min=0)
     enable_liger_kernel: bool = False  # fused kernels (GPU, package liger-kernel)
     group_by_length: bool = False  # batches of similar lengths: little padding, no packing
     # memory-saving optimizers for full fine-tuning (stages/model/optimizers.py)
@@ -83,25 +83,27 @@ class TrainConfig:
     badam_switch_interval: int = 50
     badam_verbose: int = volatile(0)
     # optimisation
-    learning_rate: float = 1e-4
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
+    learning_rate: float = bounded(1e-4, above=0)
+    per_device_train_batch_size: int = bounded(8, min=1)
+    gradient_accumulation_steps: int = bounded(1, min=1)
+    num_train_epochs: float = bounded(1.0, min=0)
+    max_steps: int = bounded(-1, min=-1)  # -1: num_train_epochs decides
     optim: str = "adamw_torch"
     lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup_steps: int = bounded(0, min=0)
+    weight_decay: float = bounded(0.0, min=0)
+    max_grad_norm: float = bounded(1.0, min=0)  # 0: no clipping
     precision: str = field(default="auto", metadata={"choices": PRECISIONS})
-    early_stopping_patience: int | None = None  # evaluations without improvement (needs val_size)
+    early_stopping_patience: int | None = bounded(
+        None, min=1
+    )  # evaluations without improvement (needs val_size)
     seed: int = 42
     # recorded, not keyed: these change speed or memory, not what is learned
     # (auto: on when the memory estimate without it exceeds the device)
     gradient_checkpointing: bool | str = volatile("auto", metadata={"choices": CHECKPOINTING})
-    logging_steps: int = volatile(10)
-    save_steps: int = volatile(50)
-    save_total_limit: int | None = volatile(2)
+    logging_steps: int = volatile(10, metadata={"min": 0})
+    save_steps: int = volatile(50, metadata={"min": 0})
+    save_total_limit: int | None = volatile(2, metadata={"min": 1})
     report_to: str = volatile("tensorboard")  # or none, wandb, mlflow, swanlab (when installed)
 
 
