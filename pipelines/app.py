@@ -61,12 +61,29 @@ def _task(cfg: DictConfig) -> None:
 
 
 def _task_overrides() -> list[str]:
+    """This job's arguments: Hydra's config flags as the user gave them, then its overrides."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        return list(HydraConfig.get().overrides.task)
+        return [*_state.get("flags", []), *HydraConfig.get().overrides.task]
     except ValueError:
         return []
+
+
+CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def config_flags(args: list[str]) -> list[str]:
+    """The flags that choose the config (`--config-dir DIR`, `-cn=NAME`), each with its value:
+    a resume command must repeat them to mean the same pipeline."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        name = arg.split("=", 1)[0]
+        if name in CONFIG_FLAGS:
+            out.append(arg)
+            if "=" not in arg and i + 1 < len(args):
+                out.append(args[i + 1])
+    return out
 
 
 def _remove_output_dir() -> None:
@@ -86,7 +103,7 @@ def _remove_output_dir() -> None:
 def run_hydra(verb: str, args: list[str]) -> int:
     """Run the Hydra app for `verb`; returns the process exit code."""
     register_stage_defaults()
-    _state.update(verb=verb, exit=0, sweep=None)
+    _state.update(verb=verb, exit=0, sweep=None, flags=config_flags(args))
     if verb == "plan":  # plan writes nothing: no Hydra output dir
         args = [*args, "hydra.output_subdir=null", "hydra.run.dir=."]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them ourselves
@@ -103,7 +120,9 @@ def run_hydra(verb: str, args: list[str]) -> int:
     if verb == "run" and _state["sweep"]:
         from pipelines.compare import sweep_comparison
 
-        print(sweep_comparison(Path(_state["sweep"])))
+        text = sweep_comparison(Path(_state["sweep"]))
+        if text:  # None when every job was rejected before it ran
+            print(text)
     return int(_state["exit"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 import time
 from pathlib import Path
@@ -37,17 +38,26 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
 
     launcher = make_launcher(compiled.spec.launcher)  # before anything is written
     store.root.mkdir(parents=True, exist_ok=True)
+    store.mark_interrupted_runs()
     record = {
         "id": new_run_id(),
         "command": resume_command(overrides),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": "running",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
         "config": raw,
         "sweep": current_sweep(),
     }
     store.write_run(record)
     t0 = time.time()
-    outcomes = execute(compiled, store, launcher, record)
+    try:
+        outcomes = execute(compiled, store, launcher, record)
+    except KeyboardInterrupt:
+        record.update(status="interrupted", wall_s=round(time.time() - t0, 3))
+        store.write_run(record)
+        print(f"to resume: {record['command']}", file=sys.stderr)
+        raise
     failed = [o for o in outcomes if o.status == FAILED]
     record.update(status="failed" if failed else "ok", wall_s=round(time.time() - t0, 3))
     record["order"] = [o.name for o in outcomes]  # the DAG's order (the record's keys are sorted)

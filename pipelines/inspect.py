@@ -12,7 +12,7 @@ from typing import Any
 
 from compiler.plan import fmt
 from pipelines.summary import KEY_CHARS, table
-from runtime.store import Store
+from runtime.store import Store, pid_alive
 
 
 def inspect_main(verb: str, argv: list[str]) -> int:
@@ -112,20 +112,46 @@ def referenced_keys(store: Store) -> set[str]:
 
 
 def gc(store: Store, args: argparse.Namespace) -> int:
+    """Unreferenced artifacts, then leftovers: work dirs of committed or unrecorded keys and
+    temp files of writes that were interrupted."""
     keep = referenced_keys(store)
-    doomed = [(p, m) for p, m in store.artifacts() if m["key"] not in keep]
-    for path, m in doomed:
-        verb = "removing" if args.yes else "would remove"
-        print(f"{verb} {m['kind']} {m['key'][:KEY_CHARS]} ({m.get('name', '')})")
+    doomed = [
+        (p, f"{m['kind']} {m['key'][:KEY_CHARS]} ({m.get('name', '')})")
+        for p, m in store.artifacts()
+        if m["key"] not in keep
+    ]
+    doomed += leftovers(store, keep)
+    for path, what in doomed:
+        print(f"{'removing' if args.yes else 'would remove'} {what}")
         if args.yes:
-            shutil.rmtree(path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if not doomed:
         print("nothing to remove")
     elif not args.yes:
         print(
-            f"{len(doomed)} artifacts unreferenced; run `python -m pipelines gc --yes` to remove them"
+            f"{len(doomed)} items unreferenced; run `python -m pipelines gc --yes` to remove them"
         )
     return 0
+
+
+def leftovers(store: Store, keep: set[str]) -> list[tuple[Path, str]]:
+    """Work dirs no run needs (their artifact is committed, or no run record names their key:
+    a record names a stage's key while it runs, so resumable work is kept) and temp files
+    whose writing process is gone."""
+    out: list[tuple[Path, str]] = []
+    work = store.root / "work"
+    for path in sorted(work.iterdir()) if work.is_dir() else []:
+        if store.has(path.name):
+            out.append((path, f"work dir {path.name[:KEY_CHARS]} (its artifact is committed)"))
+        elif path.name not in keep:
+            out.append((path, f"work dir {path.name[:KEY_CHARS]} (no run record names it)"))
+    for path in sorted(store.root.rglob(".*.tmp")):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not pid_alive(int(pid)) and work not in path.parents:
+            out.append((path, f"temp file {path.relative_to(store.root)} (interrupted write)"))
+    trash = store.root / "trash"
+    out += [(p, f"trash {p.name}") for p in sorted(trash.iterdir())] if trash.is_dir() else []
+    return out
 
 
 def verify(store: Store, args: argparse.Namespace) -> int:

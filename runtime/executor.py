@@ -60,6 +60,8 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
             out = _cached(node, store)
         else:
             print(f"[{i}/{len(steps)}] {node.name}: {step.describe()}", flush=True)
+            record["stages"][node.name] = {"key": node.key, "status": "running"}
+            store.write_run(record)  # its work dir is named by a record while it runs
             out = _run_locked(node, compiled, store, launcher, record["id"])
         outcomes[node.name] = out
         if out.status not in (FAILED, SKIPPED):
@@ -70,6 +72,8 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
 
 
 def _cached(node: Node, store: Store) -> Outcome:
+    # checkpoints left by a run killed between its commit and its clean-up are no longer needed
+    shutil.rmtree(store.work_dir(node.key), ignore_errors=True)
     manifest = store.manifest(node.key) or {}
     metrics = manifest.get("metrics", {})
     return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, headline(node))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -194,6 +195,18 @@ class Store:
         atomic_write_json(path, record)
         return path
 
+    def mark_interrupted_runs(self) -> None:
+        """Records left `running` by a process of this host that no longer exists (killed)
+        become `interrupted`."""
+        host = socket.gethostname()
+        for record in self.runs():
+            pid = record.get("pid")
+            if record.get("status") != "running" or record.get("host") != host or not pid:
+                continue
+            if not pid_alive(int(pid)):
+                record["status"] = "interrupted"
+                self.write_run(record)
+
     def runs(self) -> list[dict[str, Any]]:
         out = []
         for p in sorted((self.root / "runs").glob("*.json")):
@@ -210,6 +223,16 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and "files" in manifest else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def new_run_id() -> str:
