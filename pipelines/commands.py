@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.compile import Compiled, compile_pipeline
+from compiler.errors import CompileError, Issue
 from compiler.plan import plan
 from pipelines.summary import plan_lines, summary_table
 from runtime.store import Store, new_run_id
@@ -33,11 +34,14 @@ def plan_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> i
 
 def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
     compiled, store = _compile(raw, base_dir)
-    from runtime.executor import FAILED, execute
+    from runtime.executor import FAILED, execute, save_record
     from runtime.launchers import make_launcher
 
     launcher = make_launcher(compiled.spec.launcher)  # before anything is written
-    store.root.mkdir(parents=True, exist_ok=True)
+    problem = store.unwritable()
+    if problem:
+        fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
+        raise CompileError([Issue("store", problem, fix)])
     store.mark_interrupted_runs()
     record = {
         "id": new_run_id(),
@@ -49,13 +53,13 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
         "config": raw,
         "sweep": current_sweep(),
     }
-    store.write_run(record)
+    save_record(store, record)
     t0 = time.time()
     try:
         outcomes = execute(compiled, store, launcher, record)
     except KeyboardInterrupt:
         record.update(status="interrupted", wall_s=round(time.time() - t0, 3))
-        store.write_run(record)
+        save_record(store, record)
         print(f"to resume: {record['command']}", file=sys.stderr)
         raise
     failed = [o for o in outcomes if o.status == FAILED]
@@ -64,10 +68,11 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
     for o in outcomes:  # what `compare` sorts by unless told
         record["stages"][o.name]["headline"] = o.headline
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    path = store.write_run(record)
-    _copy_to_hydra_dir(path)
+    path = save_record(store, record)
     print(summary_table(outcomes))
-    print(f"run record: {path}")
+    if path is not None:
+        _copy_to_hydra_dir(path)
+        print(f"run record: {path}")
     if failed:
         for o in failed:
             print(f"{o.name} failed: {o.error}", file=sys.stderr)

@@ -72,4 +72,5 @@ def summary_table(outcomes: list[Any]) -> str:
         metric = f"{o.headline}={fmt(value)}" if value is not None else ""
         wall = f"{o.wall_s:.1f}s" if o.status not in ("cached", "skipped") else "-"
         rows.append([o.name, o.status, o.key[:KEY_CHARS], wall, metric])
-    return table(["stage", "status", "key", "wall", "metric"], rows)
+    warnings = [f"warning: {o.name}: {w}" for o in outcomes for w in o.metrics.get("warnings", [])]
+    return "\n".join([table(["stage", "status", "key", "wall", "metric"], rows), *warnings])

@@ -5,9 +5,12 @@ A failed stage keeps its work dir (checkpoints) for resume; its dependents are s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -61,14 +64,24 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
         else:
             print(f"[{i}/{len(steps)}] {node.name}: {step.describe()}", flush=True)
             record["stages"][node.name] = {"key": node.key, "status": "running"}
-            store.write_run(record)  # its work dir is named by a record while it runs
+            save_record(store, record)  # its work dir is named by a record while it runs
             out = _run_locked(node, compiled, store, launcher, record["id"])
         outcomes[node.name] = out
         if out.status not in (FAILED, SKIPPED):
-            store.remember_name(node.name, node.key, node.payload)
+            with contextlib.suppress(OSError):  # only `plan`'s reasons need it
+                store.remember_name(node.name, node.key, node.payload)
         record["stages"][node.name] = _record_entry(out)
-        store.write_run(record)
+        save_record(store, record)
     return list(outcomes.values())
+
+
+def save_record(store: Store, record: dict[str, Any]) -> Path | None:
+    """The run record, written when the disk allows: a full disk must not hide the summary."""
+    try:
+        return store.write_run(record)
+    except OSError as e:
+        print(f"warning: could not write the run record: {e.strerror or e}", file=sys.stderr)
+        return None
 
 
 def _cached(node: Node, store: Store) -> Outcome:
@@ -108,18 +121,18 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a payload from a crashed attempt is never trusted
     ckpt = latest_checkpoint(work / "checkpoints")
-    spec = _spec(node, compiled, store, work, out_dir, ckpt[1] if ckpt else None)
-    spec_path = write_spec(work / "spec.json", spec)
     t0 = time.time()
     try:
-        metrics = launcher.launch(spec_path)
+        spec = _spec(node, compiled, store, work, out_dir, ckpt[1] if ckpt else None)
+        metrics = launcher.launch(write_spec(work / "spec.json", spec))
     except UserError as e:
         return _failed(node, str(e), time.time() - t0)
+    except OSError as e:
+        if e.errno in STORAGE_ERRORS:
+            return _failed(node, _storage_message(e, "while it ran"), time.time() - t0)
+        return _crashed(node, e, work, t0)
     except Exception as e:  # a bug or an environment problem: keep the traceback in the work dir
-        (work / "error.txt").write_text(traceback.format_exc())
-        log.error("%s failed:\n%s", node.name, traceback.format_exc())
-        message = f"{type(e).__name__}: {e} (traceback in {work / 'error.txt'})"
-        return _failed(node, message, time.time() - t0)
+        return _crashed(node, e, work, t0)
     wall = time.time() - t0
     meta = {
         "name": node.name,
@@ -135,7 +148,10 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
         "metrics": metrics,
         "resumed_from": ckpt[0] if ckpt else None,
     }
-    store.commit(node.kind, node.key, out_dir, meta)
+    try:
+        store.commit(node.kind, node.key, out_dir, meta)
+    except OSError as e:  # nothing half-committed: the artifact appears by one final rename
+        return _failed(node, _storage_message(e, "while committing its artifact"), wall)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed
     status = RESUMED if ckpt else RAN
     return Outcome(node.name, node.kind, node.key, status, wall, metrics, headline(node))
@@ -171,6 +187,31 @@ def _memory(node: Node, compiled: Compiled, store: Store) -> dict[str, float]:
     if launcher.device_memory_gb:
         memory["device"] = launcher.device_memory_gb * GIB
     return memory
+
+
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
+def _storage_message(e: OSError, when: str) -> str:
+    """A disk that filled up (or went read-only) is the user's to fix, and the run resumes."""
+    what = e.strerror or str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    return (
+        f"{what}{where} {when}: free space (or fix the permissions), then rerun the same "
+        "command; it resumes from the last complete checkpoint"
+    )
+
+
+def _crashed(node: Node, e: BaseException, work: Path, t0: float) -> Outcome:
+    """A bug or an environment problem: the traceback goes to the work dir when it can."""
+    text = traceback.format_exc()
+    log.error("%s failed:\n%s", node.name, text)
+    try:
+        (work / "error.txt").write_text(text)
+        where = f"traceback in {work / 'error.txt'}"
+    except OSError:  # the disk that failed the stage may refuse this too
+        where = "traceback above"
+    return _failed(node, f"{type(e).__name__}: {e} ({where})", time.time() - t0)
 
 
 def _failed(node: Node, message: str, wall: float) -> Outcome:

@@ -57,6 +57,20 @@ class Store:
         with suppress(OSError):
             self.digests.save()
 
+    def unwritable(self) -> str | None:
+        """Why runs cannot write here (a file in the way, permissions, a read-only or full
+        disk), or None; creates the store directory when it can."""
+        if self.root.exists() and not self.root.is_dir():
+            return f"{self.root} is a file, not a directory"
+        probe = self.root / f".probe.{os.getpid()}.tmp"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            return f"cannot write to {self.root} ({e.strerror or e})"
+        return None
+
     # ---- artifacts
     def find(self, key: str) -> Path | None:
         """The artifact dir for `key`, only if its manifest is complete."""

@@ -15,6 +15,8 @@ def read_dataset_info(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]
     """({name: spec fields}, problems). A `file_name` is taken relative to the file's folder."""
     try:
         info = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        return {}, [f"cannot read {path}: not UTF-8 text (a binary file?); save it as UTF-8 JSON"]
     except (OSError, json.JSONDecodeError) as e:
         return {}, [f"cannot read {path}: {e}"]
     if not isinstance(info, dict):

@@ -60,18 +60,47 @@ def _file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     elif path.suffix == ".json":
         yield from _json(path)
     elif path.suffix in BUILDERS:
-        from datasets import load_dataset
-
-        data = load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
+        data = _builder_rows(path)
         for i, row in enumerate(data, start=1 if path.suffix != ".csv" else 2):
             yield f"{path}:{i}", row
     else:
         raise UserError(f"{path}: unsupported file type (use one of {', '.join(SUFFIXES)})")
 
 
+def _builder_rows(path: Path) -> Any:
+    """A csv / parquet / text file through `datasets`; a file it cannot parse is the user's."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for a malformed file
+        reason = "not UTF-8 text (a binary file?)" if _binary(path) else f"{type(e).__name__}: {e}"
+        raise UserError(f"{path}: cannot be read as {path.suffix[1:]}: {reason}") from None
+
+
+def _binary(path: Path) -> bool:
+    head = path.read_bytes()[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < len(head) - 4  # not just a character cut at the block's end
+    return b"\0" in head
+
+
+def _not_text(path: Path, where: str, e: UnicodeDecodeError) -> UserError:
+    return UserError(
+        f"{where}: not UTF-8 text (byte {e.start} of the line is {e.object[e.start]:#04x}); "
+        f"is {path.name} a binary file? Data files must be UTF-8 JSON / JSON lines / text"
+    )
+
+
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open() as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_text(path, f"{path}:{n}", e) from None
             if not line.strip():
                 continue
             try:
@@ -85,7 +114,9 @@ def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise _not_text(path, str(path), e) from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
     if not isinstance(data, list):

