@@ -21,6 +21,10 @@ USAGE = """usage: python -m pipelines <verb> [args]
                         best first (default: the jobs of the latest multirun)
   data preview <dataset> [-n N] [--template T] [overrides]
                         render examples through the template, trained tokens marked
+  serve <stage|key|dir> [--host H] [--port N] [--store DIR] [overrides]
+                        an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)
+  chat <stage|key|dir> [--system TEXT] [--store DIR] [overrides]
+                        talk to a model in the terminal (/reset, /exit)
 
 examples:
   python -m pipelines run +pipeline=sft
@@ -45,6 +49,10 @@ def main(argv: list[str]) -> int:
         from pipelines.compare import compare_main
 
         return compare_main(rest)
+    if verb in ("serve", "chat"):
+        from pipelines.serving.cli import chat_main, serve_main
+
+        return serve_main(rest) if verb == "serve" else chat_main(rest)
     if verb == "data" and rest[:1] == ["preview"]:
         from pipelines.preview import preview_main
 

@@ -56,6 +56,7 @@ def write_chart(c: Comparison, path: Path, store: Store, width: int = 900) -> No
     """Bars of the sort metric, then the curves; a UserError when there is neither."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     stage, key, points = curves(c, store)
     if c.sort is None and not points:
@@ -76,6 +77,7 @@ def write_chart(c: Comparison, path: Path, store: Store, width: int = 900) -> No
                 ax.plot(steps, values, label=name, marker=marker, color=PALETTE[i % len(PALETTE)])
         ax.set_title(f"{stage}: {key}")
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -104,10 +104,20 @@ def fine_tune(
             rope_scaling=cfg.rope_scaling,
             base_dir=base_dir,
             head=head,
+            quantization=_qlora(cfg),
         )
     else:
         write_model_json(ctx.out, "full", head=head)
     return model
+
+
+def _qlora(cfg: Any) -> dict[str, Any] | None:
+    """The quantised base a QLoRA adapter trained on, kept in its model.json."""
+    if not cfg.quantization_bit:
+        return None
+    if cfg.quantization_bit == 8:
+        return {"bits": 8}
+    return {"bits": 4, "type": cfg.quantization_type, "double": cfg.double_quantization}
 
 
 def _step(checkpoint: Any) -> int:

@@ -78,6 +78,8 @@ def training_figure(records: list[dict], width: int = 800, panel_height: int = 3
 
 
 def _draw(ax: Any, panel: Panel, records: list[dict]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     drawn: set[str] = set()
     for key, label in panel.lines:
         points = series(records, key)
@@ -89,6 +91,7 @@ def _draw(ax: Any, panel: Panel, records: list[dict]) -> None:
         ax.plot(steps, values, marker="o" if held_out or len(points) == 1 else None, label=label)
     ax.set_title(panel.title)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     right = series(records, panel.right[0])
