@@ -4,6 +4,7 @@ override); user mistakes end in one message and exit code 2, without a traceback
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -68,8 +69,12 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     finally:
-        sys.stdout.flush()
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.flush()
         os.environ.pop("HYDRA_FULL_ERROR", None)
 
 

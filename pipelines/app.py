@@ -30,6 +30,11 @@ def register_stage_defaults() -> None:
         defaults = {f.name: _default(f) for f in dataclasses.fields(stage.Config)}
         roles = {role: None for role in stage.inputs}  # so `stages.x.model=sft` overrides work
         cs.store(group="stage", name=kind, node={"kind": kind, **roles, **defaults})
+    # every model preset starts from the base model's full field list, so any of its keys can be
+    # overridden on the command line (model.revision=..., model.trust_remote_code=true)
+    fields = {f.name: _default(f) for f in dataclasses.fields(KINDS["base"].Config)}
+    fields["name_or_path"] = "???"  # each preset names its model (a `???` would not override)
+    cs.store(group="model_fields", name="base", node=fields)
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -39,6 +39,8 @@ def plan_lines(
             f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
             + (f"  inputs {ins}" if ins else "")
         )
+        if getattr(s.node.config, "trust_remote_code", False):
+            out.append("    trust_remote_code on: the model repository's own Python code will run")
         out.extend("    " + line for line in memory_lines(graph, s.node, find, launcher))
     return out
 

@@ -22,6 +22,9 @@ class BaseConfig:
     # wheel (pypi://dist==version/path/in/wheel.gguf), or a hub id (needs network)
     name_or_path: str = TINY
     revision: str | None = None  # hub only
+    # run the model repository's own Python code (custom architectures): off unless asked, and
+    # keyed, since the code decides what the model computes
+    trust_remote_code: bool = False
     # the built-in tiny Llama (used when name_or_path is "tiny")
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -76,8 +79,8 @@ class BaseModelStage:
                 f"model.name_or_path: {cfg.name_or_path} is neither a model directory nor a .gguf file"
             )
         else:
-            facts = _download(cfg.name_or_path, cfg.revision, ctx.out)
-        write_model_json(ctx.out, "full")
+            facts = _download(cfg.name_or_path, cfg.revision, ctx.out, cfg.trust_remote_code)
+        write_model_json(ctx.out, "full", trust_remote_code=cfg.trust_remote_code)
         ctx.metrics.update(facts)
 
 
@@ -111,12 +114,16 @@ def clone_or_copy(src: Path, dest: Path) -> None:
     shutil.copystat(src, dest)
 
 
-def _download(name: str, revision: str | None, out: Path) -> dict:
+def _download(name: str, revision: str | None, out: Path, trust_remote_code: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
     except OSError as e:
         raise UserError(
             f"model.name_or_path: cannot load '{name}' (not a local directory, and the hub "

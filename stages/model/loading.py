@@ -24,14 +24,19 @@ def write_model_json(
     rope_scaling: dict | None = None,
     base_dir: str | None = None,
     head: str = CAUSAL_LM,
+    quantization: dict | None = None,
+    trust_remote_code: bool = False,
 ) -> None:
     """`rope_scaling` is kept for adapters: their base must be loaded with it to match training
     (full weights carry it in their own config.json). `base_dir` names a copy of the base inside
     the artifact, for adapters whose initialisation rewrote the base (LoftQ); `base` still names
-    where it came from."""
+    where it came from. `quantization` records the quantised base a QLoRA adapter trained on
+    ({"bits": 4, "type": "nf4"}): export refuses to merge it without being told to dequantise."""
     meta: dict[str, Any] = {"format": fmt}
     if head != CAUSAL_LM:
         meta["head"] = head
+    if trust_remote_code:  # the user allowed the model's own code when it was built
+        meta["trust_remote_code"] = True
     if fmt == "adapter":
         if not base:
             raise ValueError("an adapter artifact must name the key of its base model")
@@ -40,6 +45,8 @@ def write_model_json(
             meta["rope_scaling"] = rope_scaling
         if base_dir:
             meta["base_dir"] = base_dir
+        if quantization:
+            meta["quantization"] = quantization
     (Path(out_dir) / MODEL_JSON).write_text(json.dumps(meta, sort_keys=True) + "\n")
 
 
@@ -53,7 +60,8 @@ def read_model_json(path: Path) -> dict[str, Any]:
 def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    remote = bool(read_model_json(path).get("trust_remote_code"))
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote)
 
 
 def load_model(
@@ -79,6 +87,8 @@ def load_model(
         extra: dict[str, Any] = (
             {"attn_implementation": attn_implementation} if attn_implementation else {}
         )
+        if meta.get("trust_remote_code"):
+            extra["trust_remote_code"] = True
         if quantization:
             extra.update(quantization_config=quantization, device_map=_device())
         if rope_scaling:
