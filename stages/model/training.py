@@ -227,6 +227,29 @@ class RunTotals:
         return loss_sum / max(result.global_step, 1), seconds
 
 
+def _step(checkpoint: Any) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _finished_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The Trainer state of a checkpoint taken at the last step (None for any other)."""
+    file = checkpoint / "trainer_state.json" if checkpoint else None
+    if file is None or not file.exists():
+        return None
+    state = json.loads(file.read_text())
+    done = state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+    return state if done else None
+
+
+def _resumed_at_end(state: dict[str, Any]) -> Any:
+    """A train() result for an attempt that had nothing left to train."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        global_step=state["global_step"], training_loss=0.0, metrics={"train_runtime": 0.0}
+    )
+
+
 def keep_log_until(log: Any, step: int) -> None:
     """A resumed run re-takes the steps after its checkpoint: drop their old records."""
     if not log.exists():
@@ -243,11 +266,18 @@ def train(trainer: Any, ctx: Context) -> None:
     resume = str(ctx.resume_from) if ctx.resume_from else None
     totals = next(c.totals for c in trainer.callback_handler.callbacks if hasattr(c, "totals"))
     totals.trainer = trainer
-    if ctx.resume_from:
-        keep_log_until(ctx.work / "train_log.jsonl", int(ctx.resume_from.name.rsplit("-", 1)[1]))
-    result = trainer.train(resume_from_checkpoint=resume)
+    # a fresh start drops what a killed attempt logged; a resumed one what it logged past its
+    # checkpoint (those steps are taken again)
+    keep_log_until(ctx.work / "train_log.jsonl", _step(ctx.resume_from))
+    finished = _finished_state(ctx.resume_from)
+    if finished is None:
+        result = trainer.train(resume_from_checkpoint=resume)
+        seen = int(trainer.state.num_input_tokens_seen or 0)
+    else:  # killed after its last checkpoint: the Trainer would take one step too many
+        trainer._load_from_checkpoint(resume)
+        result = _resumed_at_end(finished)
+        seen = int(finished.get("num_input_tokens_seen") or 0)
     wall = time.time() - t0
-    seen = int(trainer.state.num_input_tokens_seen or 0)
     loss, seconds = totals.whole_run(result)
     ctx.metrics.update(
         train_loss=loss,

@@ -305,6 +305,8 @@ def run_loop(
     if ctx.resume_from is not None:
         load_checkpoint(ctx.resume_from, actors, opts, state)
         keep_log_until(ctx.work / LOG, state.step)
+    else:  # a fresh start: nothing a killed attempt logged still holds
+        (ctx.work / LOG).unlink(missing_ok=True)
     writer = _tensorboard(ctx, cfg)
     chunk = cfg.per_device_train_batch_size
     if val is not None and state.step == 0:  # the held-out baseline, before any update
