@@ -53,7 +53,7 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
             before = len(issues)
             _wire(nodes[decl.name], decl.inputs, nodes, issues)
             if len(issues) == before:  # a refused input already has its message
-                _check_inputs(nodes[decl.name], issues)
+                _check_inputs(nodes[decl.name], nodes, issues)
     used = {src for n in nodes.values() for src in n.inputs.values()}
     if BASE in nodes and nodes[BASE].implicit and BASE not in used:
         del nodes[BASE]  # the implicit model is materialised only when something loads it
@@ -110,14 +110,17 @@ def _wire(node: Node, refs: dict[str, str | None], nodes: dict[str, Node], issue
         node.inputs[role] = ref
 
 
-def _check_inputs(node: Node, issues: list[Issue]) -> None:
+def _check_inputs(node: Node, nodes: dict[str, Node], issues: list[Issue]) -> None:
     """Rules between a stage's config and which inputs it has, declared by the kind
-    (`check_inputs(cfg, roles)`: e.g. ppo needs a reward model or reward functions)."""
+    (`check_inputs(cfg, roles)`: e.g. ppo needs a reward model or reward functions), and the
+    artifact types they are (`check_input_types(cfg, types)`: eval of a reward model)."""
     check = getattr(node.stage, "check_inputs", None)
-    if check is None:
-        return
     roles = {r: node.inputs.get(r) for r in node.stage.inputs}
-    for key, problem in check(node.config, roles):
+    problems = check(node.config, roles) if check else []
+    typed = getattr(node.stage, "check_input_types", None)
+    if typed:
+        problems += typed(node.config, {r: nodes[s].stage.output for r, s in node.inputs.items()})
+    for key, problem in problems:
         issues.append(Issue(f"{node.path}.{key}", problem))
 
 

@@ -16,6 +16,7 @@ from stages.data.demo.generate import generate
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "stages" / "data" / "demo"
 FILES = ("sft.jsonl", "chat.jsonl", "preference.jsonl", "text.txt")
+EVAL_FILES = ("test.jsonl", "mmlu.jsonl")  # held out for eval; appended by the generator
 
 
 def rows(name: str) -> list[dict]:
@@ -24,7 +25,7 @@ def rows(name: str) -> list[dict]:
 
 def test_generator_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path) -> None:
     generate(tmp_path)
-    for name in FILES:
+    for name in FILES + EVAL_FILES:
         assert (tmp_path / name).read_bytes() == (DEMO / name).read_bytes(), name
 
 
@@ -38,7 +39,7 @@ def test_both_invocations_work_stdlib_only(argv: list[str], tmp_path: Path) -> N
     env = {**os.environ, "PYTHONHASHSEED": "7"}
     cmd = [sys.executable, "-S", *argv, "--out", str(tmp_path)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-    for name in FILES:
+    for name in FILES + EVAL_FILES:
         assert (tmp_path / name).read_bytes() == (DEMO / name).read_bytes(), name
 
 
@@ -73,3 +74,16 @@ def test_chats_alternate_roles_and_answer_each_turn_correctly() -> None:
         for user, assistant in zip(msgs[::2], msgs[1::2], strict=True):
             instruction, _, inp = user["content"].partition("\n")
             assert check_answer(instruction, inp, assistant["content"])
+
+
+def test_eval_splits_are_held_out_and_checkable() -> None:
+    trained = {(r["instruction"], r["input"]) for r in rows("sft.jsonl")}
+    test = rows("test.jsonl")
+    assert len(test) == 200 and not trained & {(r["instruction"], r["input"]) for r in test}
+    assert all(check_answer(r["instruction"], r["input"], r["output"]) for r in test)
+    questions = rows("mmlu.jsonl")
+    assert len(questions) == 100
+    for q in questions:  # four distinct choices, exactly one right, and the letter names it
+        instruction, _, inp = q["question"].partition("\n")
+        right = [c for c in "ABCD" if check_answer(instruction, inp, q[c])]
+        assert right == [q["answer"]] and len({q[c] for c in "ABCD"}) == 4

@@ -48,10 +48,10 @@ def _batch_nll(loaded: Any, rows: list[tuple[list[int], list[int]]], ignore: int
     mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
     with torch.no_grad():
         logits = loaded.model(input_ids=ids, attention_mask=mask.to(ids.device)).logits
-    logits, labels = logits[:, :-1].float().cpu(), labels[:, 1:]
-    keep = labels != ignore
+    labels = labels[:, 1:].to(logits.device)
+    keep = labels != ignore  # only the trained positions reach the softmax
     nll = torch.nn.functional.cross_entropy(
-        logits[keep], labels[keep], reduction="none"
-    )  # only the trained positions reach the softmax
-    per_row = torch.zeros(len(rows)).index_add_(0, keep.nonzero()[:, 0], nll)
-    return [(float(s), int(n)) for s, n in zip(per_row, keep.sum(1), strict=True)]
+        logits[:, :-1][keep].float(), labels[keep], reduction="none"
+    )
+    per_row = torch.zeros(len(rows), device=nll.device).index_add_(0, keep.nonzero()[:, 0], nll)
+    return [(float(s), int(n)) for s, n in zip(per_row.tolist(), keep.sum(1).tolist(), strict=True)]
