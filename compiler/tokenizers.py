@@ -22,6 +22,8 @@ def check_shared_tokenizers(graph: nx.DiGraph, issues: list[Issue]) -> None:
     first one's tokenizer (the same base node, or bases whose tokenizer files are identical)."""
     for name in graph.nodes:
         node: Node = graph.nodes[name]["node"]
+        if getattr(node.stage, "compares_text", False):  # eval: replies meet as text
+            continue
         roles = [r for r, want in node.stage.inputs.items() if set(want.accepts) & MODEL_TYPES]
         roles = [r for r in roles if r in node.inputs]
         if len(roles) < 2:

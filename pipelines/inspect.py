@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -59,13 +58,22 @@ def show(store: Store, args: argparse.Namespace) -> int:
     if manifest.get("resumed_from") is not None:
         print(f"resumed from checkpoint {manifest['resumed_from']}")
     print("metrics  " + ", ".join(f"{k}={fmt(v)}" for k, v in manifest.get("metrics", {}).items()))
-    print("config   " + json.dumps(manifest.get("config", {}), sort_keys=True))
+    print("config")
+    print(_yaml(manifest.get("config", {})))
     print("lineage")
     for line in lineage(store, manifest, depth=1):
         print(line)
     size = sum(f["size"] for f in manifest["files"].values())
     print(f"files    {len(manifest['files'])} files, {size / 1e6:.2f} MB")
     return 0
+
+
+def _yaml(config: dict[str, Any]) -> str:
+    """The stage config as indented YAML, the form the user wrote it in."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(OmegaConf.create(config), sort_keys=True)
+    return "\n".join("  " + line for line in text.rstrip().splitlines())
 
 
 def lineage(store: Store, manifest: dict[str, Any], depth: int) -> list[str]:

@@ -78,6 +78,8 @@ class EvalStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ("dataset", "mc_dataset")
     path_fields: ClassVar[tuple[str, ...]] = ("lm_eval_include_path",)
     headline: ClassVar[str] = "exact_match"
+    # models meet as text (replies judged by a reward model): their tokenizers may differ
+    compares_text: ClassVar[bool] = True
 
     @staticmethod
     def headline_for(cfg: EvalConfig) -> str:

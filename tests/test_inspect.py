@@ -56,3 +56,16 @@ def test_gc_keeps_referenced_artifacts_and_is_a_dry_run_by_default(
     assert inspect_main("gc", ["--store", str(store.root), "--yes"]) == 0
     assert len(list(store.artifacts())) == 4
     assert all(store.has(e["key"]) for r in store.runs() for e in r["stages"].values())
+
+
+def test_show_prints_the_config_as_yaml(tmp_path: Path) -> None:
+    from pipelines.inspect import _yaml
+
+    text = _yaml({"learning_rate": 0.001, "lora_target": ["q_proj", "v_proj"], "template": None})
+    assert text.splitlines() == [
+        "  learning_rate: 0.001",
+        "  lora_target:",
+        "  - q_proj",
+        "  - v_proj",
+        "  template: null",
+    ]
