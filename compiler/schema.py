@@ -17,6 +17,7 @@ from typing import Any
 
 from compiler.errors import Issue, did_you_mean
 from stages import KINDS
+from stages.base import bounded
 from stages.data.registry import read_dataset_info
 from stages.data.spec import DatasetSpec
 
@@ -26,7 +27,7 @@ LAUNCHERS = ("inprocess",)  # torchrun and deepspeed come with the distributed i
 @dataclass
 class LauncherConfig:
     name: str = field(default="inprocess", metadata={"choices": LAUNCHERS})
-    nproc_per_node: int = 1
+    nproc_per_node: int = bounded(1, min=1)
     device_memory_gb: float | None = None  # plan warns above this (default: this machine's RAM)
     # ZeRO stage (1 optimizer state, 2 + gradients, 3 + weights sharded over the processes): in
     # the memory estimate now; training with it comes with the deepspeed launcher

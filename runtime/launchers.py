@@ -35,14 +35,24 @@ LAUNCHERS: dict[str, type] = {"inprocess": InProcessLauncher}
 
 
 def make_launcher(cfg: LauncherConfig) -> Launcher:
+    """The launcher a run uses; settings it cannot honour are refused, never ignored."""
+    issues = []
     if cfg.zero_stage and cfg.name == "inprocess":
-        raise CompileError(
-            [
-                Issue(
-                    "launcher.zero_stage",
-                    "ZeRO shards training over several processes; the inprocess launcher runs one",
-                    "`plan` shows the sharded estimate; set launcher.zero_stage=0 to run here",
-                )
-            ]
+        issues.append(
+            Issue(
+                "launcher.zero_stage",
+                "ZeRO shards training over several processes; the inprocess launcher runs one",
+                "`plan` shows the sharded estimate; set launcher.zero_stage=0 to run here",
+            )
         )
+    if cfg.nproc_per_node > 1 and cfg.name == "inprocess":
+        issues.append(
+            Issue(
+                "launcher.nproc_per_node",
+                f"{cfg.nproc_per_node} processes asked; the inprocess launcher runs one",
+                "`plan` shows the per-process estimate; set launcher.nproc_per_node=1 to run here",
+            )
+        )
+    if issues:
+        raise CompileError(issues)
     return LAUNCHERS[cfg.name]()
