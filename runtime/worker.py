@@ -48,10 +48,27 @@ def run_spec(spec_path: Path) -> dict[str, Any]:
         memory=spec.get("memory", {}),
     )
     ctx.out.mkdir(parents=True, exist_ok=True)
+    quiet_handled_warnings()
     stage.run(ctx, cfg)
     if ctx.rank == 0:
         (ctx.work / "metrics.json").write_text(json.dumps(ctx.metrics, default=float))
     return ctx.metrics
+
+
+class _Handled(logging.Filter):
+    """Third-party warnings about things the stages handle themselves: tokenizers warn about
+    sequences over the model's length, which the data stages cut and report (stages/data/lengths.py)."""
+
+    HANDLED = ("Token indices sequence length is longer than",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.HANDLED)
+
+
+def quiet_handled_warnings() -> None:
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, _Handled) for f in logger.filters):
+        logger.addFilter(_Handled())
 
 
 def _resolve(root: Path, key: str) -> Path:

@@ -6,6 +6,8 @@ Importing this package must stay cheap (no torch): the compiler reads these decl
 from stages.base_model import BaseModelStage
 from stages.blocks import BlocksStage
 from stages.dpo import DpoStage
+from stages.eval import EvalStage
+from stages.export import ExportStage
 from stages.grpo import GrpoStage
 from stages.kto import KtoStage
 from stages.kto_data import KtoDataStage
@@ -39,5 +41,7 @@ KINDS = {
         SimpoStage,
         GrpoStage,
         RlooStage,
+        EvalStage,
+        ExportStage,
     )
 }

@@ -23,6 +23,7 @@ KTO_DATA = "kto_data"  # prompt and reply ids with a desirable / undesirable lab
 PROMPTS = "prompts"  # prompts to sample replies from (RL), with their messages kept
 DATASET = "dataset"
 METRICS = "metrics"
+EXPORT = "export"  # merged full weights (plus GGUF files) ready for other tools, no adapters
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MARKER = ".complete"  # a checkpoint is usable iff this file exists in it

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from stages.base import KTO_DATA, MODEL, Context, In
 from stages.data.config import ChatDataConfig
+from stages.data.lengths import Tally
 from stages.data.shapes import KTO, refuse
 from stages.pairs import CODE, fit_pair
 
@@ -35,7 +36,7 @@ class KtoDataStage:
     def run(self, ctx: Context, cfg: KtoDataConfig) -> None:
         from stages.data.build import build_chat_data
 
-        def encode(tokenizer: Any, example: Any, counts: dict[str, int]) -> dict[str, Any]:
+        def encode(tokenizer: Any, example: Any, counts: Tally) -> dict[str, Any]:
             row = encode_reply(tokenizer, example.messages, example.tools or None)
             return {**fit_reply(row, cfg.cutoff_len, counts), "label": bool(example.kto_tag)}
 
@@ -55,7 +56,7 @@ def encode_reply(tokenizer: Any, msgs: list[dict[str, str]], tools: Any = None) 
     return {"prompt_ids": ids[0], "completion_ids": ids[1]}
 
 
-def fit_reply(row: dict[str, list[int]], cutoff: int, counts: dict[str, int]) -> dict[str, Any]:
+def fit_reply(row: dict[str, list[int]], cutoff: int, counts: Tally) -> dict[str, Any]:
     """Fit prompt + reply into `cutoff` by the rule preference pairs follow (`fit_pair`)."""
     reply = row["completion_ids"]
     fitted = fit_pair(

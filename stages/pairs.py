@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from stages.base import MODEL, PREFERENCE_DATA, Context, In
 from stages.data.config import ChatDataConfig
+from stages.data.lengths import Tally
 from stages.data.shapes import PREFERENCE, refuse
 
 CODE = ("data/config.py", "data/shapes.py", "data/build.py", "data/formats.py", "data/sources.py")
@@ -39,21 +40,20 @@ class PairsStage:
         from stages.data.build import build_chat_data
         from stages.data.encode import encode_preference
 
-        def encode(tokenizer: Any, example: Any, counts: dict[str, int]) -> dict[str, Any]:
+        def encode(tokenizer: Any, example: Any, counts: Tally) -> dict[str, Any]:
             row = encode_preference(tokenizer, example.messages, example.chosen, example.rejected)
             return fit_pair(row, cfg.cutoff_len, counts)
 
         ctx.metrics.update(build_chat_data(ctx, cfg, (PREFERENCE,), encode))
 
 
-def fit_pair(row: dict[str, list[int]], cutoff: int, counts: dict[str, int]) -> dict[str, Any]:
+def fit_pair(row: dict[str, list[int]], cutoff: int, counts: Tally) -> dict[str, Any]:
     """Fit prompt + the longer reply into `cutoff`: the prompt loses tokens from the left, keeping
     at least a quarter of the window; only replies longer than the rest lose their tails."""
     prompt, chosen, rejected = row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
     longest = max(len(chosen), len(rejected))
-    if len(prompt) + longest <= cutoff:
+    if not counts.fit(len(prompt) + longest, cutoff):
         return row
-    counts["truncated"] += 1
     keep = max(cutoff - longest, min(len(prompt), cutoff // 4))
     reply = cutoff - keep
     return {

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from stages.base import MODEL, PROMPTS, Context, In, bounded
 from stages.data.config import ChatDataConfig
+from stages.data.lengths import Tally
 from stages.data.shapes import KTO, PREFERENCE, SUPERVISED, refuse
 from stages.pairs import CODE
 
@@ -48,7 +49,7 @@ class PromptsStage:
         ctx.metrics.update(build_chat_data(ctx, cfg, KINDS, encode))
 
 
-def prompt_row(tokenizer: Any, example: Any, cutoff: int, counts: dict[str, int]) -> dict:
+def prompt_row(tokenizer: Any, example: Any, cutoff: int, counts: Tally) -> dict:
     """prompt_ids (left-truncated to `cutoff`), the prompt's messages as JSON, the last user
     turn's text, and the reply the data gives, if any."""
     from stages.data.encode import render
@@ -63,8 +64,7 @@ def prompt_row(tokenizer: Any, example: Any, cutoff: int, counts: dict[str, int]
             add_special_tokens=False,
         )["input_ids"]
     )
-    if len(ids) > cutoff:
-        counts["truncated"] += 1
+    if counts.fit(len(ids), cutoff):
         ids = ids[len(ids) - cutoff :]
     user = next((m["content"] for m in reversed(msgs) if m["role"] == "user"), "")
     return {

@@ -53,6 +53,7 @@ class TokenizeStage:
         from datasets import Dataset
 
         from stages.data.encode import IGNORE
+        from stages.data.lengths import Tally
         from stages.data.mixing import mix
         from stages.data.packing import pack, padding_fraction
         from stages.data.templates import apply_template
@@ -67,7 +68,7 @@ class TokenizeStage:
             (ctx.out / "stream.json").write_text(json.dumps(recipe, indent=2))
             ctx.metrics.update(examples=0, streaming=True)
             return
-        counts = {"truncated": 0, "dropped": 0, "skipped": 0}
+        counts = Tally()
         parts = [_encode_entry(e, tokenizer, cfg, counts, ctx) for e in ctx.datasets["dataset"]]
         examples = mix(parts, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
         if not examples:
@@ -90,7 +91,7 @@ class TokenizeStage:
             trained_tokens=sum(sum(x != IGNORE for x in e["labels"]) for e in examples),
             padding_unpacked=round(padding_fraction(lengths, 8), 4),
             padding_packed=round(padding_fraction([len(r["input_ids"]) for r in train], 8), 4),
-            **counts,
+            **counts.metrics(cfg.cutoff_len),
         )
 
 

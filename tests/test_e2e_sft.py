@@ -52,7 +52,14 @@ def test_run_writes_artifacts_a_record_and_a_summary(trained: Path) -> None:
         "base": "ran",
         "tokenize:demo_sft": "ran",
         "sft": "ran",
+        "eval": "ran",
+        "export": "ran",
     }
+    evaluated = store / "artifacts" / "eval" / record["stages"]["eval"]["key"]
+    metrics = json.loads((evaluated / "manifest.json").read_text())["metrics"]
+    assert 0 <= metrics["exact_match"] <= 1 and metrics["loss"] > 0
+    exported = store / "artifacts" / "export" / record["stages"]["export"]["key"]
+    assert (exported / "gguf" / "Modelfile").is_file()
     sft = store / "artifacts" / "sft" / record["stages"]["sft"]["key"]
     names = {p.name for p in sft.iterdir()}
     assert {"model.safetensors", "config.json", "model.json", "manifest.json"} <= names

@@ -405,7 +405,12 @@ def test_dpo_pipeline_runs_from_the_cli_and_reruns_cached(tmp_path: Path) -> Non
         "pairs:demo_preference": "ran",
         "sft": "ran",
         "dpo": "ran",
+        "eval": "ran",
+        "export": "ran",
     }
+    eval_key = record["stages"]["eval"]["key"]
+    evaluated = json.loads((store / "artifacts" / "eval" / eval_key / "manifest.json").read_text())
+    assert evaluated["inputs"]["model"]["name"] == "dpo"
     dpo = store / "artifacts" / "dpo" / record["stages"]["dpo"]["key"]
     manifest = json.loads((dpo / "manifest.json").read_text())
     sft = {"name": "sft", "key": record["stages"]["sft"]["key"]}

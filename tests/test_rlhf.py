@@ -1,6 +1,6 @@
-"""The rlhf pipeline (pt -> sft -> rm -> ppo) through the CLI on the built-in tiny model: every
+"""The rlhf pipeline (pt -> sft -> rm -> ppo -> eval, export) through the CLI on the built-in tiny model: every
 stage runs and wires as the file says, a rerun is all cache hits, and changing one ppo value
-re-runs ppo alone. Fewer steps than the shipped file (its full run is timed in the report of
+re-runs ppo and what reads it. Fewer steps than the shipped file (its full run is timed in the report of
 benchmarks/ppo_curve.py); the wiring is the same."""
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ NODES = [
     "rm",
     "prompts:demo_prompts",
     "ppo",
+    "eval",
+    "export",
 ]
 
 
@@ -69,6 +71,32 @@ def test_rlhf_runs_the_chain_and_ppo_reads_sft_and_rm(trained: Path) -> None:
     assert (ppo / "reward.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_eval_judges_ppo_against_sft_with_the_reward_model(trained: Path) -> None:
+    (record,) = records(trained / "store")[:1]
+    key = record["stages"]["eval"]["key"]
+    manifest = json.loads(
+        (trained / "store" / "artifacts" / "eval" / key / "manifest.json").read_text()
+    )
+    assert {role: v["name"] for role, v in manifest["inputs"].items()} == {
+        "model": "ppo",
+        "reward_model": "rm",
+        "baseline": "sft",
+    }
+    metrics = manifest["metrics"]
+    assert 0 <= metrics["exact_match"] <= 1 and 0 <= metrics["win_rate"] <= 1
+    assert isinstance(metrics["reward"], float)
+
+
+def test_export_ships_the_ppo_policy_as_weights_gguf_and_modelfile(trained: Path) -> None:
+    (record,) = records(trained / "store")[:1]
+    export = trained / "store" / "artifacts" / "export" / record["stages"]["export"]["key"]
+    facts = json.loads((export / "export.json").read_text())
+    assert facts["source"]["key"] == record["stages"]["ppo"]["key"]
+    assert (export / "model.safetensors").is_file()
+    assert (export / "gguf" / "model-q8_0.gguf").read_bytes()[:4] == b"GGUF"
+    assert "PARAMETER stop" in (export / "gguf" / "Modelfile").read_text()
+
+
 def test_a_rerun_is_all_cached(trained: Path) -> None:
     result = pipelines("run", *SHORT, cwd=trained)
     assert result.returncode == 0, result.stderr
@@ -82,9 +110,11 @@ def test_changing_one_ppo_value_reruns_only_ppo(trained: Path) -> None:
     lines = plan.stdout.splitlines()
     status = {n: next(ln[len(n) + 2 :] for ln in lines if ln.startswith(f"{n}: ")) for n in NODES}
     assert status["ppo"] == "run (learning_rate 1e-4 -> 5e-5)", plan.stdout
-    assert all(status[n] == "cached" for n in NODES if n != "ppo"), plan.stdout
+    downstream = ("ppo", "eval", "export")
+    assert status["eval"] == status["export"] == "run (upstream changed (ppo))", plan.stdout
+    assert all(status[n] == "cached" for n in NODES if n not in downstream), plan.stdout
     result = pipelines("run", *args, cwd=trained)
     assert result.returncode == 0, result.stderr
     last = records(trained / "store")[-1]
     ran = {k for k, v in last["stages"].items() if v["status"] == "ran"}
-    assert ran == {"ppo"}
+    assert ran == {"ppo", "eval", "export"}

@@ -25,6 +25,7 @@ def build_chat_data(
     from tqdm import tqdm
 
     from stages.data.examples import usable_examples
+    from stages.data.lengths import Tally
     from stages.data.mixing import mix
     from stages.data.templates import apply_template
     from stages.model.loading import load_tokenizer
@@ -34,7 +35,7 @@ def build_chat_data(
     template = apply_template(tokenizer, cfg.template, cfg.custom_template)
     (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
     (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
-    counts = {"truncated": 0, "dropped": 0, "skipped": 0}
+    counts = Tally()
     parts = []
     for entry in ctx.datasets["dataset"]:
         skipped: list[str] = []
@@ -57,11 +58,7 @@ def build_chat_data(
     Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
     if val:
         Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
-    if counts["truncated"]:
-        ctx.log.warning(
-            "%d examples were truncated to cutoff_len %d", counts["truncated"], cfg.cutoff_len
-        )
-    return {"examples": len(train), "validation": len(val), **counts}
+    return {"examples": len(train), "validation": len(val), **counts.metrics(cfg.cutoff_len)}
 
 
 def load_splits(data: Any) -> tuple[Any, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 from stages.base import UserError
 from stages.data.encode import IGNORE, encode, truncate
 from stages.data.formats import Example, to_example
+from stages.data.lengths import Tally
 from stages.data.sources import iter_rows
 
 Chat = tuple[list[dict[str, str]], Any]
@@ -57,10 +58,9 @@ def supervised_chats(
         yield example.messages, example.tools or None
 
 
-def fit(ids: list[int], labels: list[int], cutoff: int, counts: dict[str, int]) -> dict | None:
+def fit(ids: list[int], labels: list[int], cutoff: int, counts: Tally) -> dict | None:
     """Truncate to `cutoff` (counted); None when nothing trainable is left (counted)."""
-    if len(ids) > cutoff:
-        counts["truncated"] += 1
+    if counts.fit(len(ids), cutoff):
         ids, labels = truncate(ids, labels, cutoff)
     if all(x == IGNORE for x in labels):
         counts["dropped"] += 1
@@ -71,7 +71,7 @@ def fit(ids: list[int], labels: list[int], cutoff: int, counts: dict[str, int]) 
 def stream(recipe: dict[str, Any], tokenizer: Any) -> Iterator[dict[str, list[int]]]:
     """Tokenize on the fly from a `stream.json` recipe (datasets, options), dataset after dataset."""
     opts = recipe["options"]
-    counts = {"truncated": 0, "dropped": 0}
+    counts = Tally()
     for entry in recipe["datasets"]:
         skipped: list[str] = []
         for msgs, tools in supervised_chats(entry, opts["max_samples"], opts["bad_rows"], skipped):

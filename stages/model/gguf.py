@@ -66,9 +66,7 @@ def convert(file: Path, out: Path) -> dict[str, Any]:
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
-        raise UserError(
-            "loading a GGUF model needs the `gguf` package: pip install 'pipelines[gguf]'"
-        )
+        raise UserError("loading a GGUF model needs the `gguf` package: pip install 'gguf>=0.19'")
     with file.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise UserError(

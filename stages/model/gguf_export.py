@@ -7,7 +7,6 @@ Reading GGUF models (the base stage's SmolLM2) lives in `stages/model/gguf.py`; 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ class Arch:
     permute_qk: bool  # llama.cpp's rotary layout for q / k rows (undone by the loaders)
 
 
+ROPE_TYPES = ("default", "linear", "llama3")
 ARCHITECTURES = {
     "LlamaForCausalLM": Arch("llama", permute_qk=True),
     "Qwen2ForCausalLM": Arch("qwen2", permute_qk=False),
@@ -57,7 +57,7 @@ def write_gguf(
 
     arch = check_architecture(model.config)
     tensor_type, file_type = GGUF_TYPES[kind]
-    writer = gguf.GGUFWriter(str(path), arch.name)
+    writer = _writer_class()(str(path), arch.name)
     writer.add_name("pipelines export")
     _add_hparams(writer, model.config, gguf.LlamaFileType[file_type])
     add_vocab(writer, tokenizer, stop_ids, model.config.vocab_size)
@@ -70,9 +70,25 @@ def write_gguf(
         log.info("GGUF %s: writing %d tensors to %s", kind, sum(counts.values()), path.name)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_tensors_to_file(progress=True)  # a bar, as transformers' shard writing has
     writer.close()
     return {"file": path.name, "type": kind, "bytes": path.stat().st_size, "tensors": counts}
+
+
+def _writer_class() -> Any:
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        """gguf's writer, except that it writes an empty array too: GGUF allows one, and
+        llama.cpp needs the merges key of a vocabulary that has no merges."""
+
+        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+            if vtype == gguf.GGUFValueType.ARRAY and not len(val) and sub_type is not None:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer
 
 
 def _add_hparams(writer: Any, config: Any, file_type: Any) -> None:
@@ -93,18 +109,23 @@ def _add_hparams(writer: Any, config: Any, file_type: Any) -> None:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     rope = _rope(config)
     writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-    kind = rope.get("rope_type", "default")
-    if kind == "linear":
+    if check_rope(rope) == "linear":  # llama3's factors travel as a tensor (rope_freqs)
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
-    elif kind not in ("default", "llama3"):  # llama3's factors travel as a tensor (rope_freqs)
-        raise UserError(
-            f"gguf: rope scaling '{kind}' is not written to GGUF here (default, linear and "
-            "llama3 are); export without gguf"
-        )
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def check_rope(rope: dict[str, Any]) -> str:
+    """The rope scaling type, if GGUF export writes it; a UserError otherwise."""
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ROPE_TYPES:
+        raise UserError(
+            f"gguf: rope scaling '{kind}' is not written to GGUF here ({', '.join(ROPE_TYPES)} "
+            "are); export without gguf"
+        )
+    return kind
 
 
 def _rope(config: Any) -> dict[str, Any]:
@@ -179,17 +200,14 @@ def _encode(data: Any, wanted: Any) -> tuple[Any, Any]:
 
 def llama3_rope_factors(config: Any) -> Any:
     """Llama 3.1's rope scaling as llama.cpp carries it: one divisor per frequency (the
-    tensor `rope_freqs`), taken from transformers' own default and llama3 frequencies."""
-    rope = _rope(config)
-    if rope.get("rope_type") != "llama3":
+    tensor `rope_freqs`), the ratio of transformers' own default and llama3 frequencies."""
+    if _rope(config).get("rope_type") != "llama3":
         return None
-    import numpy as np
+    import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
-    base = float(rope.get("rope_theta", 10000.0))
+    base = float(_rope(config).get("rope_theta", 10000.0))
     dim = scaled.shape[0] * 2
-    default = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    factors = default / scaled.double().numpy()
-    assert np.all(np.isfinite(factors)) and not math.isnan(float(factors.sum()))
-    return factors.astype(np.float32)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim
+    return (1.0 / (base**exponents) / scaled).float().numpy()
