@@ -410,6 +410,7 @@ def test_with_overrides_a_stage_resolves_to_the_key_its_config_compiles_to(
         (["sft", "--backend", "vllm"], "not implemented in this build"),
         (["nowhere", "--port", "0"], "no store at"),
         (["sft", "--port", "-5"], "cannot listen"),
+        (["sft", "--host", "0.0.0.0"], "to the network without an API key: set --api-key"),
     ],
 )
 def test_the_command_refuses_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -450,3 +451,29 @@ def test_text_stream_waits_for_a_whole_character() -> None:
 
     stream = TextStream(Bytes())
     assert [stream.push(b) for b in "é!".encode()] == ["", "é", "!"]
+
+
+def test_with_an_api_key_only_clients_that_send_it_are_answered(store: Store) -> None:
+    live = LiveServer(
+        "sft",
+        "--store",
+        str(store.root),
+        cwd=store.root.parent,
+        env={"PIPELINES_API_KEY": "s3cret"},
+    )
+    try:
+        assert "API key required" in "".join(live.output)
+        wrong = openai.OpenAI(base_url=live.url, api_key="guess", max_retries=0, timeout=60)
+        with pytest.raises(openai.AuthenticationError) as e:
+            wrong.models.list()
+        assert e.value.status_code == 401
+        conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+        conn.request("GET", "/v1/models")  # no key at all
+        answer = conn.getresponse()
+        assert answer.status == 401
+        assert json.loads(answer.read())["error"]["code"] == "invalid_api_key"
+        right = openai.OpenAI(base_url=live.url, api_key="s3cret", max_retries=0, timeout=60)
+        assert [m.id for m in right.models.list().data] == ["sft"]
+        assert chat(right, "Sort 321", max_tokens=4).choices[0].message is not None
+    finally:
+        assert live.interrupt() == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import time
 import uuid
@@ -98,12 +99,21 @@ UNSUPPORTED = {"tools": (None, []), "logprobs": (None, False, 0), "echo": (None,
 UNSUPPORTED |= {"best_of": (None, 1), "suffix": (None, ""), "functions": (None, [])}
 
 
-def create_app(engine: Engine, name: str, aliases: frozenset[str], max_tokens: int) -> FastAPI:
+def create_app(
+    engine: Engine,
+    name: str,
+    aliases: frozenset[str],
+    max_tokens: int,
+    api_key: str | None = None,
+) -> FastAPI:
     """The app serving `engine` as model `name` (also answering to `aliases`); `max_tokens` is
-    the reply length of a chat request that names none."""
+    the reply length of a chat request that names none. With `api_key`, every request must
+    carry it (`Authorization: Bearer <key>`, as OpenAI clients send it)."""
     app = FastAPI(title="pipelines serve", version="1")
     created = int(time.time())
     _install_error_handlers(app)
+    if api_key:
+        _require_key(app, api_key)
 
     def model_card() -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "pipelines"}
@@ -166,6 +176,18 @@ def create_app(engine: Engine, name: str, aliases: frozenset[str], max_tokens: i
         return await _answer(engine, ids, sampling, shape, body, request)
 
     return app
+
+
+def _require_key(app: FastAPI, api_key: str) -> None:
+    expected = f"Bearer {api_key}".encode()
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next: Any) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            message = "Incorrect or missing API key: send it as `Authorization: Bearer <key>`"
+            return ApiError(401, message, None, "invalid_api_key").response()
+        return await call_next(request)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -25,8 +25,31 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
     parser.add_argument("--max-batch", type=int, default=8, help="rows generated together")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"clients must send it (default: ${API_KEY_ENV}); none: anyone who reaches the port",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve beyond this machine (a non-loopback --host) without an API key",
+    )
     args = parser.parse_intermixed_args(argv)
     return _guarded("serve", lambda: _serve(args))
+
+
+API_KEY_ENV = "PIPELINES_API_KEY"
+
+
+def check_exposure(host: str, api_key: str | None, allowed: bool) -> None:
+    """Nothing listens beyond this machine without a key unless the user says so."""
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not loopback and not api_key and not allowed:
+        raise UserError(
+            f"--host {host} serves the model to the network without an API key: set --api-key "
+            f"(or {API_KEY_ENV}), or pass --allow-unauthenticated"
+        )
 
 
 def chat_main(argv: list[str]) -> int:
@@ -125,18 +148,20 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(
             f"serve needs FastAPI and uvicorn ({e}): pip install 'pipelines[serve]'"
         ) from None
+    check_exposure(args.host, args.api_key, args.allow_unauthenticated)
     sock = _bind(args.host, args.port)  # a busy port fails before anything loads
     port = sock.getsockname()[1]
     target = resolve_target(args)
     print(f"loading {target.name} from {target.path}", flush=True)
     _quiet()
     engine = load_engine(target, args.device, args.max_batch)
-    app = create_app(engine, target.name, target.aliases, args.max_tokens)
+    app = create_app(engine, target.name, target.aliases, args.max_tokens, args.api_key)
     url = f"http://{args.host}:{port}/v1"
     device = engine.loaded.device
     banner = (
         f"serving model '{target.name}' at {url} (OpenAI-compatible; transformers backend on "
-        f"{device}, batches of up to {args.max_batch}); Ctrl-C stops"
+        f"{device}, batches of up to {args.max_batch}"
+        f"{'; API key required' if args.api_key else ''}); Ctrl-C stops"
     )
 
     class Server(uvicorn.Server):
