@@ -30,6 +30,9 @@ SWEEP = [
     "stages.sft.val_size=0.02",
     "stages.sft.logging_steps=1",
     "stages.sft.save_steps=0",
+    "stages.eval.metrics=[loss,exact_match]",  # the sweep ends in eval: held-out loss decides
+    "stages.eval.max_samples=20",
+    "~stages.export",
 ]
 
 
@@ -257,9 +260,9 @@ def test_a_sweep_ends_in_the_comparison_of_its_jobs(sweep: tuple[Path, str]) -> 
     cwd, out = sweep
     records = jobs(cwd)
     assert [r["sweep"]["job"] for r in records] == [0, 1, 2]
-    assert records[0]["order"] == ["base", "tokenize:demo_sft", "sft"]
+    assert records[0]["order"] == ["base", "tokenize:demo_sft", "sft", "eval"]
     heading = out[out.rindex("3 runs of multirun/") :].splitlines()[0]
-    assert heading.endswith("sorted by sft.train_loss (lower is better; * the best)")
+    assert heading.endswith("sorted by eval.loss (lower is better; * the best)")
     table = rows(out[out.rindex("3 runs of multirun/") :])
     loss = {f"{r['config']['stages']['sft']['learning_rate']:g}": r for r in records}
     assert sorted(r["stages.sft.learning_rate"] for r in table) == ["0.01", "1e-3", "3e-3"]
@@ -268,8 +271,11 @@ def test_a_sweep_ends_in_the_comparison_of_its_jobs(sweep: tuple[Path, str]) -> 
         metrics = loss[lr]["stages"]["sft"]["metrics"]
         assert float(row["sft.train_loss"]) == pytest.approx(metrics["train_loss"], rel=1e-5)
         assert float(row["sft.eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-5)
+        evaluated = loss[lr]["stages"]["eval"]["metrics"]
+        assert float(row["eval.loss"]) == pytest.approx(evaluated["loss"], rel=1e-5)
+        assert float(row["eval.exact_match"]) == pytest.approx(evaluated["exact_match"])
         assert row["job"] == str(loss[lr]["sweep"]["job"])
-    losses = [float(r["sft.train_loss"]) for r in table]
+    losses = [float(r["eval.loss"]) for r in table]
     assert losses == sorted(losses) and [r[""] for r in table] == ["*", "", ""]
     assert "tokenize:demo_sft.examples" not in table[0]  # cached in all three: not a difference
 
