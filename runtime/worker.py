@@ -55,20 +55,29 @@ def run_spec(spec_path: Path) -> dict[str, Any]:
     return ctx.metrics
 
 
-class _Handled(logging.Filter):
-    """Third-party warnings about things the stages handle themselves: tokenizers warn about
-    sequences over the model's length, which the data stages cut and report (stages/data/lengths.py)."""
+# Third-party warnings about things handled here: tokenizers warn about sequences over the
+# model's length, which the data stages cut and report (stages/data/lengths.py); bitsandbytes
+# warns that an optional hub kernel is missing, and falls back to its own CPU kernel.
+HANDLED = {
+    "transformers.tokenization_utils_base": "Token indices sequence length is longer than",
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
 
-    HANDLED = ("Token indices sequence length is longer than",)
+
+class _Handled(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in self.HANDLED)
+        return self.text not in record.getMessage()
 
 
 def quiet_handled_warnings() -> None:
-    logger = logging.getLogger("transformers.tokenization_utils_base")
-    if not any(isinstance(f, _Handled) for f in logger.filters):
-        logger.addFilter(_Handled())
+    for name, text in HANDLED.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Handled) for f in logger.filters):
+            logger.addFilter(_Handled(text))
 
 
 def _resolve(root: Path, key: str) -> Path:

@@ -227,6 +227,44 @@ class RunTotals:
         return loss_sum / max(result.global_step, 1), seconds
 
 
+SHOWN = ("loss", "eval_loss", "grad_norm", "learning_rate", "reward", "eval_reward")
+
+
+def _one_bar(trainer: Any, name: str) -> None:
+    """One progress bar per stage with the latest metrics in it, instead of the Trainer's bar
+    that prints every log record as a raw dict (the records go to train_log.jsonl)."""
+    from tqdm import tqdm
+    from transformers import ProgressCallback, TrainerCallback
+
+    class StepBar(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if state.is_world_process_zero:
+                total, done = state.max_steps, state.global_step
+                self.bar = tqdm(
+                    total=total, initial=done, desc=name, unit="step", dynamic_ncols=True
+                )
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
+            if self.bar is not None and logs:
+                shown = {
+                    k: f"{logs[k]:.4g}" for k in SHOWN if isinstance(logs.get(k), (int, float))
+                }
+                self.bar.set_postfix(shown, refresh=True)
+
+        def on_train_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if self.bar is not None:
+                self.bar.close()
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StepBar())
+
+
 def _step(checkpoint: Any) -> int:
     return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
@@ -266,6 +304,7 @@ def train(trainer: Any, ctx: Context) -> None:
     resume = str(ctx.resume_from) if ctx.resume_from else None
     totals = next(c.totals for c in trainer.callback_handler.callbacks if hasattr(c, "totals"))
     totals.trainer = trainer
+    _one_bar(trainer, ctx.name)
     # a fresh start drops what a killed attempt logged; a resumed one what it logged past its
     # checkpoint (those steps are taken again)
     keep_log_until(ctx.work / "train_log.jsonl", _step(ctx.resume_from))
