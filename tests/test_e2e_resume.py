@@ -84,7 +84,7 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, meth
     )
     assert m_got["tokens_seen"] == m_want["tokens_seen"]
     assert abs(m_got["train_loss"] - m_want["train_loss"]) <= 1e-4, (m_got, m_want)
-    assert m_got["tokens_per_s"] < 3 * m_want["tokens_per_s"], (m_got, m_want)
+    # tokens/s over the whole run's training time: tests/test_run_totals.py (timing is noisy here)
 
 
 CRASH_ON_COMMIT = """
