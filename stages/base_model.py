@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from stages.base import MODEL, Context, In, UserError
+from stages.model.portable import name_source
 
 TINY = "tiny"
 
@@ -44,7 +45,12 @@ class BaseModelStage:
     Config = BaseConfig
     inputs: ClassVar[dict[str, In]] = {}
     output: ClassVar[str] = MODEL
-    code: ClassVar[tuple[str, ...]] = ("model/tiny.py", "model/loading.py", "model/gguf.py")
+    code: ClassVar[tuple[str, ...]] = (
+        "model/tiny.py",
+        "model/loading.py",
+        "model/gguf.py",
+        "model/portable.py",
+    )
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ("name_or_path",)
     headline: ClassVar[str] = "parameters"
@@ -81,6 +87,7 @@ class BaseModelStage:
         else:
             facts = _download(cfg.name_or_path, cfg.revision, ctx.out, cfg.trust_remote_code)
         write_model_json(ctx.out, "full", trust_remote_code=cfg.trust_remote_code)
+        name_source(ctx.out, cfg.name_or_path)
         ctx.metrics.update(facts)
 
 

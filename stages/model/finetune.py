@@ -49,6 +49,7 @@ def fine_tune(
     from stages.model.loading import CAUSAL_LM, write_model_json
     from stages.model.optimizers import build_optimizer, missing_package
     from stages.model.plot import write_training_png
+    from stages.model.portable import portable_adapter
     from stages.model.trainer import SparseLogitsTrainer
     from stages.model.training import callbacks, checkpointing, read_log, training_args
     from stages.model.training import train as train_and_record
@@ -106,6 +107,7 @@ def fine_tune(
             head=head,
             quantization=_qlora(cfg),
         )
+        portable_adapter(ctx.out, upstream)
     else:
         write_model_json(ctx.out, "full", head=head)
     return model

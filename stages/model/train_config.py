@@ -23,6 +23,7 @@ TRAINING_CODE = (
     "model/finetune.py",
     "model/loading.py",
     "model/adapters.py",
+    "model/portable.py",
     "model/llama_pro.py",
     "model/optimizers.py",
     "model/training.py",
