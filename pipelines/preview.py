@@ -12,6 +12,7 @@ from compiler.compile import Compiled, compile_pipeline
 from compiler.digests import DigestCache
 from compiler.errors import CompileError
 from runtime.store import Store
+from stages.base import UserError
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
@@ -50,8 +51,13 @@ def preview_main(argv: list[str]) -> int:
     if model_dir is None:
         return 1
     node = compiled.graph.nodes["preview"]["node"]
-    show_examples(model_dir, node.config, node.datasets["dataset"], args.n, sys.stdout.isatty())
-    print(length_line(model_dir, node.config, node.datasets["dataset"]))
+    entries = node.datasets["dataset"]
+    try:
+        show_examples(model_dir, node.config, entries, args.n, sys.stdout.isatty())
+        print(length_line(model_dir, node.config, entries))
+    except UserError as e:  # a bad file or row: where it is, and what is wrong
+        print(f"pipelines data preview: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -124,3 +124,16 @@ def test_a_run_record_that_cannot_be_written_does_not_hide_the_summary(tmp_path:
     assert "warning: could not write the run record: No space left on device" in done.stderr
     assert sft_row(done.stdout)[1] == "ran"
     assert (tmp_path / "store" / "artifacts" / "sft").is_dir()
+
+
+@pytest.mark.slow
+def test_data_preview_names_a_bad_file_and_row_without_a_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "rows.jsonl"
+    broken.write_text('{"instruction": "a", "output": "b"}\n{bad json\n')
+    entry = f"+datasets.bad={{path:{broken},formatting:alpaca}}"
+    done = pipelines("data", "preview", "bad", "-n", "5", entry, cwd=tmp_path)
+    one_message(done, 2, f"pipelines data preview: {broken}:2: malformed JSON")
+    data = binary(tmp_path / "bin.jsonl")
+    entry = f"+datasets.bin={{path:{data},formatting:alpaca}}"
+    done = pipelines("data", "preview", "bin", entry, cwd=tmp_path)
+    one_message(done, 2, f"{data}:1: not UTF-8 text")
