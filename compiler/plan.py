@@ -36,21 +36,22 @@ class Step:
         return f"{head} ({self.reason})" if self.reason else head
 
 
-def plan(graph: nx.DiGraph, store: StoreView) -> list[Step]:
-    """One Step per node, in topological order."""
+def plan(graph: nx.DiGraph, store: StoreView, forced: frozenset[str] = frozenset()) -> list[Step]:
+    """One Step per node, in topological order; `forced` nodes run although cached."""
     steps: dict[str, Step] = {}
     for name in nx.topological_sort(graph):
         node: Node = graph.nodes[name]["node"]
         damage = store.damage(node.key) if store.has(node.key) else None
-        if store.has(node.key) and damage is None:
+        if store.has(node.key) and damage is None and name not in forced:
             steps[name] = Step(node, CACHED)
             continue
         stale = [src for src in graph.predecessors(name) if steps[src].status != CACHED]
-        reason = (
-            f"artifact damaged: {damage}"
-            if damage
-            else why_run(node, store.manifest_for_name(name), stale)
-        )
+        if name in forced:
+            reason = "forced"
+        elif damage:
+            reason = f"artifact damaged: {damage}"
+        else:
+            reason = why_run(node, store.manifest_for_name(name), stale)
         ckpt = store.checkpoint(node.key)
         steps[name] = Step(node, RESUME if ckpt is not None else RUN, reason, ckpt)
     return list(steps.values())

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from compiler.errors import CompileError, Issue, did_you_mean
 from compiler.schema import ROOT_KEYS
+from compiler.select import split_flags
 from stages import KINDS
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -56,7 +57,8 @@ def _task(cfg: DictConfig) -> None:
     try:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         assert isinstance(raw, dict)
-        code = command(raw, base_dir=Path.cwd(), overrides=_task_overrides())
+        select = _state["select"]
+        code = command(raw, base_dir=Path.cwd(), overrides=_task_overrides(), select=select)
     except (CompileError, OmegaConfBaseException) as e:
         # reported here rather than raised, where Hydra would add its own preamble
         message = e.render() if isinstance(e, CompileError) else hydra_message(e)
@@ -70,7 +72,8 @@ def _task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        return [*_state.get("flags", []), *HydraConfig.get().overrides.task]
+        select = _state["select"].flags() if _state.get("select") else []
+        return [*_state.get("flags", []), *select, *HydraConfig.get().overrides.task]
     except ValueError:
         return []
 
@@ -108,7 +111,11 @@ def _remove_output_dir() -> None:
 def run_hydra(verb: str, args: list[str]) -> int:
     """Run the Hydra app for `verb`; returns the process exit code."""
     register_stage_defaults()
-    _state.update(verb=verb, exit=0, sweep=None, flags=config_flags(args))
+    try:
+        select, args = split_flags(args)  # --force / --only / --until: ours, not Hydra's
+    except CompileError as e:
+        return _report(e.render(), e)
+    _state.update(verb=verb, exit=0, sweep=None, flags=config_flags(args), select=select)
     if verb == "plan":  # plan writes nothing: no Hydra output dir
         args = [*args, "hydra.output_subdir=null", "hydra.run.dir=."]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them ourselves

@@ -13,27 +13,39 @@ from typing import Any
 from compiler.compile import Compiled, compile_pipeline
 from compiler.errors import CompileError, Issue
 from compiler.plan import plan
+from compiler.select import Selection, apply
 from pipelines.summary import plan_lines, summary_table
 from runtime.store import Store, new_run_id
 
+NOTHING = Selection()  # the whole pipeline, cached stages kept
 
-def _compile(raw: dict[str, Any], base_dir: Path) -> tuple[Compiled, Store]:
+
+def _compile(
+    raw: dict[str, Any], base_dir: Path, select: Selection = NOTHING
+) -> tuple[Compiled, Store, frozenset[str]]:
+    """The compiled pipeline cut to the selection, its store, and the stages to force."""
     store_dir = Path(str(raw.get("store") or ".pipelines"))
     store = Store(store_dir if store_dir.is_absolute() else base_dir / store_dir)
     compiled = compile_pipeline(raw, base_dir, store.digests)
     store.save_digests()  # never creates the store just to remember digests
+    graph, forced = apply(compiled.graph, select)
+    return Compiled(compiled.spec, graph), store, forced
     return compiled, store
 
 
-def plan_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
-    compiled, store = _compile(raw, base_dir)
-    steps = plan(compiled.graph, store)
+def plan_command(
+    raw: dict[str, Any], base_dir: Path, overrides: list[str], select: Selection = NOTHING
+) -> int:
+    compiled, store, forced = _compile(raw, base_dir, select)
+    steps = plan(compiled.graph, store, forced)
     print("\n".join(plan_lines(steps, compiled.graph, compiled.spec.launcher, store.find)))
     return 0
 
 
-def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> int:
-    compiled, store = _compile(raw, base_dir)
+def run_command(
+    raw: dict[str, Any], base_dir: Path, overrides: list[str], select: Selection = NOTHING
+) -> int:
+    compiled, store, forced = _compile(raw, base_dir, select)
     from runtime.executor import FAILED, execute, save_record
     from runtime.launchers import make_launcher
 
@@ -56,7 +68,7 @@ def run_command(raw: dict[str, Any], base_dir: Path, overrides: list[str]) -> in
     save_record(store, record)
     t0 = time.time()
     try:
-        outcomes = execute(compiled, store, launcher, record)
+        outcomes = execute(compiled, store, launcher, record, forced)
     except KeyboardInterrupt:
         record.update(status="interrupted", wall_s=round(time.time() - t0, 3))
         save_record(store, record)

@@ -43,10 +43,17 @@ class Outcome:
     error: str = ""
 
 
-def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) -> list[Outcome]:
-    """Run every node that is not cached; returns one Outcome per node, in order."""
+def execute(
+    compiled: Compiled,
+    store: Store,
+    launcher: Launcher,
+    record: dict,
+    forced: frozenset[str] = frozenset(),
+) -> list[Outcome]:
+    """Run every node that is not cached (and the `forced` ones, replacing their artifacts);
+    returns one Outcome per node, in order."""
     outcomes: dict[str, Outcome] = {}
-    steps = plan(compiled.graph, store)
+    steps = plan(compiled.graph, store, forced)
     record["stages"] = {}
     for i, step in enumerate(steps, 1):
         node = step.node
@@ -65,7 +72,7 @@ def execute(compiled: Compiled, store: Store, launcher: Launcher, record: dict) 
             print(f"[{i}/{len(steps)}] {node.name}: {step.describe()}", flush=True)
             record["stages"][node.name] = {"key": node.key, "status": "running"}
             save_record(store, record)  # its work dir is named by a record while it runs
-            out = _run_locked(node, compiled, store, launcher, record["id"])
+            out = _run_locked(node, compiled, store, launcher, record["id"], node.name in forced)
         outcomes[node.name] = out
         if out.status not in (FAILED, SKIPPED):
             with contextlib.suppress(OSError):  # only `plan`'s reasons need it
@@ -107,7 +114,12 @@ def headline(node: Node) -> str:
 
 
 def _run_locked(
-    node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str
+    node: Node,
+    compiled: Compiled,
+    store: Store,
+    launcher: Launcher,
+    run_id: str,
+    forced: bool = False,
 ) -> Outcome:
     """Take the key's lock; if another process committed it meanwhile, reuse theirs."""
 
@@ -115,14 +127,21 @@ def _run_locked(
         print(f"    {node.name}: another process is computing {node.key[:12]}; waiting", flush=True)
 
     with store.lock(node.key, on_wait=waiting):
-        if store.has(node.key):
+        if store.has(node.key) and not forced:
             if store.damage(node.key) is None:
                 return _cached(node, store)
             store.discard(node.key)  # damaged since its commit: made again, never used
-        return _run(node, compiled, store, launcher, run_id)
+        return _run(node, compiled, store, launcher, run_id, replace=forced)
 
 
-def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_id: str) -> Outcome:
+def _run(
+    node: Node,
+    compiled: Compiled,
+    store: Store,
+    launcher: Launcher,
+    run_id: str,
+    replace: bool = False,
+) -> Outcome:
     work = store.work_dir(node.key)
     out_dir = work / "out"
     if out_dir.exists():
@@ -156,7 +175,7 @@ def _run(node: Node, compiled: Compiled, store: Store, launcher: Launcher, run_i
         "resumed_from": ckpt[0] if ckpt else None,
     }
     try:
-        store.commit(node.kind, node.key, out_dir, meta)
+        store.commit(node.kind, node.key, out_dir, meta, replace=replace)
     except OSError as e:  # nothing half-committed: the artifact appears by one final rename
         return _failed(node, _storage_message(e, "while committing its artifact"), wall)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed

@@ -96,8 +96,12 @@ class Store:
             if manifest is not None:
                 yield path, manifest
 
-    def commit(self, kind: str, key: str, payload_dir: Path, meta: dict[str, Any]) -> Path:
-        """Seal `payload_dir` as the artifact for `key`: digests, manifest last, fsync, rename."""
+    def commit(
+        self, kind: str, key: str, payload_dir: Path, meta: dict[str, Any], replace: bool = False
+    ) -> Path:
+        """Seal `payload_dir` as the artifact for `key`: digests, manifest last, fsync, rename.
+        An existing artifact is kept (another process made the same key), unless `replace`
+        (a forced rerun): then it is renamed away first, so no reader ever sees half of one."""
         files = {}
         for f in sorted(p for p in payload_dir.rglob("*") if p.is_file()):
             if f == payload_dir / MANIFEST:
@@ -112,6 +116,8 @@ class Store:
         _fsync_dir(payload_dir)
         dest = self.root / "artifacts" / kind / key
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if replace:
+            self.discard(key)
         if dest.exists():  # a directory without a manifest is debris from a crash: replace it
             if read_manifest(dest) is not None:
                 shutil.rmtree(payload_dir)

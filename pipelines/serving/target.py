@@ -84,7 +84,7 @@ def _from_config(stage: str, overrides: list[str], store_dir: Path) -> Target:
     if not any(o.split("=", 1)[0].lstrip("+") == "store" for o in overrides):
         overrides = [*overrides, f"store={store_dir}"]
     raw = compose(overrides)
-    compiled, store = _compile(raw, Path.cwd())
+    compiled, store, _ = _compile(raw, Path.cwd())
     graph = compiled.graph
     if stage not in graph:
         names = ", ".join(sorted(graph.nodes))
