@@ -20,7 +20,7 @@ from runtime.store import Store, new_run_id
 NOTHING = Selection()  # the whole pipeline, cached stages kept
 
 
-def _compile(
+def compile_config(
     raw: dict[str, Any], base_dir: Path, select: Selection = NOTHING
 ) -> tuple[Compiled, Store, frozenset[str]]:
     """The compiled pipeline cut to the selection, its store, and the stages to force."""
@@ -36,7 +36,7 @@ def _compile(
 def plan_command(
     raw: dict[str, Any], base_dir: Path, overrides: list[str], select: Selection = NOTHING
 ) -> int:
-    compiled, store, forced = _compile(raw, base_dir, select)
+    compiled, store, forced = compile_config(raw, base_dir, select)
     steps = plan(compiled.graph, store, forced)
     print("\n".join(plan_lines(steps, compiled.graph, compiled.spec.launcher, store.find)))
     return 0
@@ -45,7 +45,7 @@ def plan_command(
 def run_command(
     raw: dict[str, Any], base_dir: Path, overrides: list[str], select: Selection = NOTHING
 ) -> int:
-    compiled, store, forced = _compile(raw, base_dir, select)
+    compiled, store, forced = compile_config(raw, base_dir, select)
     from runtime.executor import FAILED, execute, save_record
     from runtime.launchers import make_launcher
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ class _Handled(logging.Filter):
 
 
 def quiet_handled_warnings() -> None:
+    # transformers deprecates its own attribute, which peft and the Trainer still read
+    warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
     for name, text in HANDLED.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Handled) for f in logger.filters):

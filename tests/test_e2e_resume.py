@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 
 TRAIN = [
     "+pipeline=sft",
+    "~stages.eval",  # training is what these tests are about
+    "~stages.export",
     "stages.sft.max_steps=60",
     "stages.sft.save_steps=5",
     "stages.sft.logging_steps=1",

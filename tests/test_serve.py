@@ -384,14 +384,14 @@ STAGE = [
 def test_with_overrides_a_stage_resolves_to_the_key_its_config_compiles_to(
     tmp_path: Path,
 ) -> None:
-    from pipelines.commands import _compile
+    from pipelines.commands import compile_config
     from pipelines.preview import compose
     from pipelines.serving.target import find_target
 
     store = Store(tmp_path / "store")
     with pytest.raises(UserError, match=r"not built yet .* python -m pipelines run \+stages"):
         find_target("tuned", store.root, STAGE)
-    compiled, _ = _compile(compose([*STAGE, f"store={store.root}"]), Path.cwd())
+    compiled, _, _ = compile_config(compose([*STAGE, f"store={store.root}"]), Path.cwd())
     key = compiled.graph.nodes["tuned"]["node"].key
     work = store.root / "work" / key / "out"
     work.mkdir(parents=True)

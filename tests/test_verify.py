@@ -69,7 +69,7 @@ SFT = ["+pipeline=sft", "stages.sft.max_steps=2", "stages.sft.max_samples=32"]
 def test_plan_names_the_damage_run_recomputes_and_verify_reports(tmp_path: Path) -> None:
     assert pipelines("run", *SFT, cwd=tmp_path).returncode == 0
     whole = pipelines("verify", "--all", cwd=tmp_path)
-    assert whole.returncode == 0 and "3 of 3 artifacts intact" in whole.stdout, whole.stdout
+    assert whole.returncode == 0 and "5 of 5 artifacts intact" in whole.stdout, whole.stdout
     weights = base_weights(tmp_path / "store")
     flip_byte(weights)
 

@@ -78,13 +78,13 @@ def _in_store(store: Store, path: Path, key: str, asked: str | None) -> Target:
 
 def _from_config(stage: str, overrides: list[str], store_dir: Path) -> Target:
     """The artifact of `stage` in the config the overrides compose (compiled as `plan` does)."""
-    from pipelines.commands import _compile
+    from pipelines.commands import compile_config
     from pipelines.preview import compose
 
     if not any(o.split("=", 1)[0].lstrip("+") == "store" for o in overrides):
         overrides = [*overrides, f"store={store_dir}"]
     raw = compose(overrides)
-    compiled, store, _ = _compile(raw, Path.cwd())
+    compiled, store, _ = compile_config(raw, Path.cwd())
     graph = compiled.graph
     if stage not in graph:
         names = ", ".join(sorted(graph.nodes))
