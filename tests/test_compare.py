@@ -252,7 +252,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def jobs(cwd: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((cwd / "multirun").rglob("run.json"))]
+    found = sorted((cwd / "store" / "multirun").rglob("run.json"))
+    assert not (cwd / "multirun").exists()  # Hydra's dirs live in the store, not the user's folder
+    return [json.loads(p.read_text()) for p in found]
 
 
 @pytest.mark.slow
@@ -261,9 +263,9 @@ def test_a_sweep_ends_in_the_comparison_of_its_jobs(sweep: tuple[Path, str]) -> 
     records = jobs(cwd)
     assert [r["sweep"]["job"] for r in records] == [0, 1, 2]
     assert records[0]["order"] == ["base", "tokenize:demo_sft", "sft", "eval"]
-    heading = out[out.rindex("3 runs of multirun/") :].splitlines()[0]
+    heading = out[out.rindex("3 runs of store/multirun/") :].splitlines()[0]
     assert heading.endswith("sorted by eval.loss (lower is better; * the best)")
-    table = rows(out[out.rindex("3 runs of multirun/") :])
+    table = rows(out[out.rindex("3 runs of store/multirun/") :])
     loss = {f"{r['config']['stages']['sft']['learning_rate']:g}": r for r in records}
     assert sorted(r["stages.sft.learning_rate"] for r in table) == ["0.01", "1e-3", "3e-3"]
     for row in table:  # each row holds its own run's metrics
@@ -283,8 +285,8 @@ def test_a_sweep_ends_in_the_comparison_of_its_jobs(sweep: tuple[Path, str]) -> 
 @pytest.mark.slow
 def test_compare_on_the_sweep_dir_and_by_default_gives_the_same(sweep: tuple[Path, str]) -> None:
     cwd, out = sweep
-    at_end = out[out.rindex("3 runs of multirun/") :].strip()
-    (sweep_dir,) = (cwd / "multirun").glob("*/*")
+    at_end = out[out.rindex("3 runs of store/multirun/") :].strip()
+    (sweep_dir,) = (cwd / "store" / "multirun").glob("*/*")
     by_dir = pipelines("compare", str(sweep_dir.relative_to(cwd)), cwd=cwd)
     default = pipelines("compare", cwd=cwd)
     assert by_dir.returncode == default.returncode == 0, by_dir.stderr + default.stderr

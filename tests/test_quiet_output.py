@@ -21,3 +21,5 @@ def test_a_run_prints_bars_and_a_summary_not_raw_dicts(tmp_path: Path) -> None:
     assert "Token indices sequence length" not in everything  # cut and reported by us instead
     assert "Failed to load CPU gemm_4bit_forward" not in everything
     assert "FutureWarning" not in everything
+    assert not (tmp_path / "outputs").exists()  # Hydra's run dir is in the store
+    assert list((tmp_path / "store" / "hydra").glob("*/*/run.json"))
