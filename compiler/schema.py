@@ -67,10 +67,11 @@ def validate(
     cache_version = str(raw.get("cache_version") or "")
     model = build(KINDS["base"].Config, raw.get("model") or {}, "model", issues)
     launcher = build(LauncherConfig, raw.get("launcher") or {}, "launcher", issues)
-    declared = {
-        **_dataset_info(raw, base_dir or Path.cwd(), issues),
-        **_mapping(raw, "datasets", issues),
-    }
+    declared = _dataset_info(raw, base_dir or Path.cwd(), issues)
+    for name, fields in _mapping(raw, "datasets", issues).items():  # amend field by field
+        known = declared.get(name)
+        both = isinstance(known, Mapping) and isinstance(fields, Mapping)
+        declared[name] = {**known, **fields} if both else fields
     datasets = {
         str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues) for n, d in declared.items()
     }

@@ -78,6 +78,12 @@ def _task_overrides() -> list[str]:
         return []
 
 
+def amend_datasets(args: list[str]) -> list[str]:
+    """`datasets.<name>.<field>=value` sets or amends a field of any registry entry, also one
+    read from a dataset_info.json (which Hydra has not seen): passed on as `++datasets...`."""
+    return [f"++{a}" if a.startswith("datasets.") and "=" in a else a for a in args]
+
+
 CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
 
 
@@ -115,6 +121,7 @@ def run_hydra(verb: str, args: list[str]) -> int:
         select, args = split_flags(args)  # --force / --only / --until: ours, not Hydra's
     except CompileError as e:
         return _report(e.render(), e)
+    args = amend_datasets(args)
     _state.update(verb=verb, exit=0, sweep=None, flags=config_flags(args), select=select)
     if verb == "plan":  # plan writes nothing: no Hydra output dir
         args = [*args, "hydra.output_subdir=null", "hydra.run.dir=."]

@@ -66,11 +66,11 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipelines.app import CONF_DIR, register_stage_defaults
+    from pipelines.app import CONF_DIR, amend_datasets, register_stage_defaults
 
     register_stage_defaults()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
+        cfg = hydra_compose(config_name="config", overrides=amend_datasets(overrides))
     raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert isinstance(raw, dict)
     return raw

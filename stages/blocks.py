@@ -47,7 +47,8 @@ class BlocksStage:
 
     @staticmethod
     def check_dataset(entry: dict[str, Any]) -> str | None:
-        """Compile-time: plain text only."""
+        """Compile-time: plain text only (an entry without `formatting` that holds text, as
+        LLaMA-Factory's pt data does: stages/data/shapes.py)."""
         return refuse(entry, (TEXT,), "pt needs plain text (formatting: text)")
 
     def run(self, ctx: Context, cfg: BlocksConfig) -> None:
@@ -81,6 +82,14 @@ class BlocksStage:
         )
 
 
+def as_text(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry without `formatting` (and neither ranking nor kto) read as plain text: its
+    `prompt` column (default `text`) is the document, as LLaMA-Factory's pt reads it."""
+    plain = not entry.get("formatting") and not entry.get("ranking")
+    plain = plain and "kto_tag" not in (entry.get("columns") or {})
+    return {**entry, "formatting": TEXT} if plain else entry
+
+
 def _texts(entry: dict[str, Any], cfg: BlocksConfig, counts: dict, ctx: Context) -> list[str]:
     """The documents of one dataset; a bad row raises, or with bad_rows=skip is counted."""
     from tqdm import tqdm
@@ -88,7 +97,7 @@ def _texts(entry: dict[str, Any], cfg: BlocksConfig, counts: dict, ctx: Context)
     from stages.data.examples import usable_examples
 
     skipped: list[str] = []
-    rows = usable_examples(entry, "text", cfg.max_samples, cfg.bad_rows, skipped)
+    rows = usable_examples(as_text(entry), "text", cfg.max_samples, cfg.bad_rows, skipped)
     texts = [str(e.text) for e in tqdm(rows, desc=f"read {entry['name']}")]
     if skipped:
         ctx.log.warning("%s: skipped %d bad rows, e.g. %s", entry["name"], len(skipped), skipped[0])

@@ -62,7 +62,7 @@ class Example:
 def to_example(row: dict[str, Any], spec: dict[str, Any], where: str) -> Example:
     """One row -> Example; a missing column, a wrong type or a broken role order names the
     file, the row and the field."""
-    fmt = spec.get("formatting", "alpaca")
+    fmt = spec.get("formatting") or "alpaca"  # unset: LLaMA-Factory's default for chat data
     if fmt == "multiple_choice":
         raise UserError(f"{where}: multiple-choice rows are scored by eval (mc_dataset), not chats")
     if fmt == "text":

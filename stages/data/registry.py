@@ -34,7 +34,5 @@ def read_dataset_info(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]
         where = entry[source]
         spec: dict[str, Any] = {k: entry[k] for k in KEPT if k in entry}
         spec["path"] = str(path.parent / where) if source == "file_name" else where
-        if "formatting" not in spec:
-            spec["formatting"] = "alpaca"
         entries[str(name)] = spec
     return entries, problems

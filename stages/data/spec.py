@@ -13,7 +13,10 @@ class DatasetSpec:
     # a local file or folder (relative to the directory the command runs in; `pkg://package/rel`
     # inside an installed package), or a hub dataset name when nothing local has that name
     path: str
-    formatting: str = field(default="alpaca", metadata={"choices": FORMATS})
+    # None (LLaMA-Factory's entries without the key): read as the consuming stage reads it, as
+    # LLaMA-Factory does: alpaca for chat stages, the `prompt` column (default `text`) as the
+    # document for pt
+    formatting: str | None = field(default=None, metadata={"choices": FORMATS})
     ranking: bool = False  # preference pairs (chosen / rejected)
     split: str = "train"
     subset: str | None = None
