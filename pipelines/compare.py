@@ -19,6 +19,7 @@ from typing import Any
 
 from compiler.errors import did_you_mean
 from compiler.plan import fmt
+from pipelines.args import store_flag
 from pipelines.compare_runs import load, short_path, sweep_records
 from pipelines.summary import table
 from runtime.store import Store
@@ -244,7 +245,7 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--sort", help="the metric to sort by, `stage.metric` or a bare name")
     parser.add_argument("--stage", action="append", help="show this stage's metrics (repeatable)")
     parser.add_argument("--plot", help="also write a chart to this .png file")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(store_flag(argv))
     try:
         store = Store(Path(args.store))
         if args.plot and not args.plot.endswith(".png"):

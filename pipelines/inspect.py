@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.plan import fmt
+from pipelines.args import store_flag
 from pipelines.summary import KEY_CHARS, table
 from runtime.store import Store, pid_alive
 
@@ -24,7 +25,7 @@ def inspect_main(verb: str, argv: list[str]) -> int:
     if verb == "verify":
         parser.add_argument("target", nargs="?", help="a stage name or an artifact key (prefix)")
         parser.add_argument("--all", action="store_true", help="every artifact in the store")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(store_flag(argv))
     store = Store(Path(args.store))
     if not store.root.is_dir():
         print(

@@ -77,3 +77,17 @@ def test_only_until_and_force_on_pt_sft(tmp_path: Path) -> None:
     assert pt_after.name == pt_before.name
     assert json.loads((pt_after / "manifest.json").read_text())["run_id"] != made_by
     assert pipelines("verify", "--all", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.slow
+def test_every_verb_takes_store_equals_and_overrides_after_flags(tmp_path: Path) -> None:
+    args = ["+pipeline=sft", "stages.sft.max_steps=1", "~stages.export", "~stages.eval"]
+    env = {"PIPELINES_STORE": str(tmp_path / "elsewhere")}  # store= wins over the variable
+    run = pipelines("run", "--only", "sft", *args, "store=mine", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "mine" / "artifacts" / "sft").is_dir()
+    for verb in (["ls"], ["show", "sft"], ["verify", "--all"], ["gc"], ["compare", "sft"]):
+        done = pipelines(*verb, "store=mine", cwd=tmp_path, env=env)
+        assert done.returncode == 0, (verb, done.stderr)
+    plan = pipelines("plan", "--until", "sft", *args, "store=mine", cwd=tmp_path, env=env)
+    assert "sft: cached" in plan.stdout
