@@ -20,6 +20,7 @@ from stages.evaluation.generation import bleu, rouge
 from stages.evaluation.harness import SHIPPED, prepare_tasks
 from stages.evaluation.judge import wins
 from tests.cli import pipelines
+from tests.compiling import compile_issues as compile_stages
 from tests.training import base_and_data, run_sft
 
 DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo"
@@ -119,23 +120,10 @@ def test_headline_follows_the_config() -> None:
 
 
 def compile_issues(stages: dict) -> list[str]:
-    from compiler.errors import CompileError, Issue
-    from compiler.graph import build_graph
-    from compiler.schema import validate
-
     datasets = {
         e["name"]: {k: v for k, v in e.items() if k != "name"} for e in (TEST, MMLU, PREFERENCE)
     }
-    issues: list[Issue] = []
-    try:
-        build_graph(
-            validate({"datasets": datasets, "stages": stages}, issues, Path.cwd()),
-            Path.cwd(),
-            issues,
-        )
-    except CompileError as e:
-        return sorted(str(i) for i in e.issues)
-    return []
+    return compile_stages(datasets, stages)
 
 
 def test_compile_time_refusals() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.ppo import PpoConfig, PpoStage
+from tests.compiling import compile_issues as compile_stages
 
 DEMO = Path(__file__).resolve().parent.parent / "stages" / "data" / "demo"
 EXACT = "stages.data.demo:exact_answer_reward"
@@ -79,10 +80,6 @@ def test_the_reward_functions_code_is_keyed() -> None:
 
 
 def compile_issues(stages: dict) -> list[str]:
-    from compiler.errors import CompileError, Issue
-    from compiler.graph import build_graph
-    from compiler.schema import validate
-
     datasets = {
         name: {"path": f"pkg://stages/data/demo/{file}", "formatting": fmt, **extra}
         for name, file, fmt, extra in (
@@ -91,16 +88,7 @@ def compile_issues(stages: dict) -> list[str]:
             ("text", "text.txt", "text", {}),
         )
     }
-    issues: list[Issue] = []
-    try:
-        build_graph(
-            validate({"datasets": datasets, "stages": stages}, issues, Path.cwd()),
-            Path.cwd(),
-            issues,
-        )
-    except CompileError as e:
-        return sorted(str(i) for i in e.issues)
-    return []
+    return compile_stages(datasets, stages)
 
 
 def test_compile_time_refusals() -> None:
