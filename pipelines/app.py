@@ -129,6 +129,11 @@ def run_hydra(verb: str, args: list[str]) -> int:
     sys.argv = [f"pipelines {verb}", *args]
     try:
         _task()
+    except OSError as e:  # Hydra's run dir (in the store) could not be written
+        where = f" to {e.filename}" if e.filename else ""
+        fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
+        issue = Issue("store", f"cannot write{where} ({e.strerror or e})", fix)
+        return _report(CompileError([issue]).render(), e)
     except Exception as e:  # Hydra's and OmegaConf's own config errors
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException

@@ -76,15 +76,30 @@ elif where == "checkpoint":
     stages.base.Context.mark_checkpoint_complete = staticmethod(full)
 elif where == "record":
     runtime.store.Store.write_run = full
+elif where == "readonly":  # every write into the store fails as on a read-only mount
+    import os, pathlib
+    store = os.environ["PIPELINES_STORE"]
+    def refuse(path=store, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    for name in ("write_bytes", "write_text", "mkdir"):
+        real = getattr(pathlib.Path, name)
+        def guarded(self, *a, _real=real, **k):
+            if str(self).startswith(store):
+                refuse(self)
+            return _real(self, *a, **k)
+        setattr(pathlib.Path, name, guarded)
+    runtime.store.atomic_write_json = lambda path, value: refuse(path)
 from pipelines.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_with_full_disk(where: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def run_with_full_disk(
+    where: str, cwd: Path, *args: str, verb: str = "run"
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(cwd / "store")}
     return subprocess.run(
-        [sys.executable, "-c", INJECT, where, "run", *args],
+        [sys.executable, "-c", INJECT, where, verb, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -137,3 +152,14 @@ def test_data_preview_names_a_bad_file_and_row_without_a_traceback(tmp_path: Pat
     entry = f"+datasets.bin={{path:{data},formatting:alpaca}}"
     done = pipelines("data", "preview", "bin", entry, cwd=tmp_path)
     one_message(done, 2, f"{data}:1: not UTF-8 text")
+
+
+@pytest.mark.slow
+def test_a_read_only_store_still_plans_and_refuses_to_run_with_one_message(tmp_path: Path) -> None:
+    assert pipelines("run", *SFT, "--only", "base", cwd=tmp_path).returncode == 0
+    plan = run_with_full_disk("readonly", tmp_path, *SFT, verb="plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "base: cached" in plan.stdout
+    done = run_with_full_disk("readonly", tmp_path, *SFT)
+    one_message(done, 2, f"store: cannot write to {tmp_path / 'store'}")
+    assert "(Read-only file system)" in done.stderr
