@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stages.base import UserError
+
 IGNORE = -100
 
 
@@ -23,9 +25,18 @@ def render(
             tools = json.loads(tools)
         except json.JSONDecodeError:
             tools = None
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         msgs, tokenize=False, add_generation_prompt=generation, tools=tools or None
     )
+    if tools and text == tokenizer.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=generation
+    ):
+        raise UserError(
+            "the chat template ignores `tools`, so the model would learn to call functions it "
+            "was never shown: choose a template that renders them (template: chatml, qwen, "
+            "llama3, ... put them in the system prompt), or drop the tools column"
+        )
+    return text
 
 
 def assistant_spans(

@@ -15,6 +15,17 @@ from stages.base import UserError
 SLOTS = ("system", "user", "assistant", "tool", "generation", "prefix", "default_system")
 # `custom_template` may also list `stop_words`: where generation stops besides eos
 
+# Tool schemas (a `tools` column) join the system prompt of every slot template, in the form
+# Qwen2.5 and Hermes-style function-calling models are trained on
+TOOLS_HEAD = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+TOOLS_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags."
+)
+
 
 def from_slots(s: dict[str, str]) -> str:
     """A jinja chat template from slot strings (system / user / assistant / tool / generation /
@@ -36,6 +47,8 @@ def from_slots(s: dict[str, str]) -> str:
         "{% set sys = messages[0]['content'] if messages and messages[0]['role'] == 'system' "
         f"else {default!r} %}}",
         "{% set msgs = messages[1:] if messages and messages[0]['role'] == 'system' else messages %}",
+        "{% if tools %}{% set sys = (sys + '\\n\\n' if sys else '') + "
+        f"{TOOLS_HEAD!r} + (tools | map('tojson') | join('\\n')) + {TOOLS_TAIL!r} %}}{{% endif %}}",
     ]
     if system:
         lines.append("{% if sys %}" + slot("system", "sys") + "{% endif %}")
