@@ -130,10 +130,8 @@ def run_hydra(verb: str, args: list[str]) -> int:
     try:
         _task()
     except OSError as e:  # Hydra's run dir (in the store) could not be written
-        where = f" to {e.filename}" if e.filename else ""
         fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
-        issue = Issue("store", f"cannot write{where} ({e.strerror or e})", fix)
-        return _report(CompileError([issue]).render(), e)
+        return _report(CompileError([Issue("store", _unwritable(e), fix)]).render(), e)
     except Exception as e:  # Hydra's and OmegaConf's own config errors
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -148,6 +146,17 @@ def run_hydra(verb: str, args: list[str]) -> int:
         if text:  # None when every job was rejected before it ran
             print(text)
     return int(_state["exit"])
+
+
+def _unwritable(e: OSError) -> str:
+    """What stopped a write into the store: a file where a directory should be, or the OS's
+    reason (read-only, permissions, a full disk)."""
+    path = Path(str(e.filename)) if e.filename else None
+    for part in [path, *path.parents] if path else []:
+        if part.exists() and not part.is_dir():
+            return f"{part.resolve()} is a file, not a directory"
+    where = f" to {path}" if path else ""
+    return f"cannot write{where} ({e.strerror or e})"
 
 
 def _report(message: str, error: BaseException) -> int:
