@@ -260,6 +260,8 @@ def copy_export(artifact: Path, target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise UserError(f"export.export_dir: {target} is a file; name a folder")
     previous = target / EXPORT_JSON
+    if previous.exists() and _same_export(artifact, target):
+        return  # this very export is there already, whole (a cached rerun): nothing to copy
     if previous.exists():
         for name in json.loads(previous.read_text()).get("files", []):
             (target / name).unlink(missing_ok=True)
@@ -273,6 +275,19 @@ def copy_export(artifact: Path, target: Path) -> None:
         dest = target / src.relative_to(artifact)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)  # not copy2: the store's read-only bits stay behind
+
+
+def _same_export(artifact: Path, target: Path) -> bool:
+    """`target` holds this artifact's export: the same export.json, every file it lists there
+    with its size."""
+    ours = artifact / EXPORT_JSON
+    if (target / EXPORT_JSON).read_bytes() != ours.read_bytes():
+        return False
+    names = json.loads(ours.read_text()).get("files", [])
+    return all(
+        (target / n).is_file() and (target / n).stat().st_size == (artifact / n).stat().st_size
+        for n in names
+    )
 
 
 def push_to_hub(artifact: Path, repo_id: str) -> None:

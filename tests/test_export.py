@@ -533,4 +533,10 @@ def test_an_export_stage_runs_in_a_pipeline_from_the_command_line(tmp_path: Path
     again = pipelines("run", *args, "stages.export.export_dir=elsewhere", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "export             cached" in again.stdout
-    assert (tmp_path / "elsewhere" / "gguf" / "model-f16.gguf").is_file()
+    copied = tmp_path / "elsewhere" / "gguf" / "model-f16.gguf"
+    assert copied.is_file()
+    before = copied.stat().st_mtime_ns
+    assert (
+        pipelines("run", *args, "stages.export.export_dir=elsewhere", cwd=tmp_path).returncode == 0
+    )
+    assert copied.stat().st_mtime_ns == before  # already there, whole: not copied again
