@@ -59,9 +59,12 @@ def run_spec(spec_path: Path) -> dict[str, Any]:
 # Third-party warnings about things handled here: tokenizers warn about sequences over the
 # model's length, which the data stages cut and report (stages/data/lengths.py); bitsandbytes
 # warns that an optional hub kernel is missing, and falls back to its own CPU kernel.
+# A checkpoint of a model with tied embeddings stores the embedding once; the Trainer's resume
+# then reports lm_head.weight "missing", though the model ties it back on construction.
 HANDLED = {
     "transformers.tokenization_utils_base": "Token indices sequence length is longer than",
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    "transformers.trainer": "missing keys in the checkpoint model loaded: ['lm_head.weight'].",
 }
 
 

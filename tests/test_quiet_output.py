@@ -23,3 +23,27 @@ def test_a_run_prints_bars_and_a_summary_not_raw_dicts(tmp_path: Path) -> None:
     assert "FutureWarning" not in everything
     assert not (tmp_path / "outputs").exists()  # Hydra's run dir is in the store
     assert list((tmp_path / "store" / "hydra").glob("*/*/run.json"))
+
+
+def test_only_the_handled_third_party_warnings_are_filtered() -> None:
+    import logging
+
+    from runtime.worker import quiet_handled_warnings
+
+    quiet_handled_warnings()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.trainer")
+    logger.addHandler(Keep())
+    try:
+        logger.warning(
+            "There were missing keys in the checkpoint model loaded: ['lm_head.weight']."
+        )
+        logger.warning("There were missing keys in the checkpoint model loaded: ['x.weight'].")
+    finally:
+        logger.handlers.clear()
+    assert seen == ["There were missing keys in the checkpoint model loaded: ['x.weight']."]
