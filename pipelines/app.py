@@ -129,16 +129,16 @@ def run_hydra(verb: str, args: list[str]) -> int:
     sys.argv = [f"pipelines {verb}", *args]
     try:
         _task()
-    except OSError as e:  # Hydra's run dir (in the store) could not be written
-        fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
-        return _report(CompileError([Issue("store", _unwritable(e), fix)]).render(), e)
-    except Exception as e:  # Hydra's and OmegaConf's own config errors
+    except Exception as e:  # Hydra's and OmegaConf's own config errors, or the store's
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if not isinstance(e, (HydraException, OmegaConfBaseException)):
-            raise
-        return _report(hydra_message(e), e)
+        if isinstance(e, (HydraException, OmegaConfBaseException)):  # before OSError: Hydra's
+            return _report(hydra_message(e), e)  # missing-config error is also an IOError
+        if isinstance(e, OSError):  # Hydra's run dir (in the store) could not be written
+            fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
+            return _report(CompileError([Issue("store", _unwritable(e), fix)]).render(), e)
+        raise
     if verb == "run" and _state["sweep"]:
         from pipelines.compare import sweep_comparison
 
