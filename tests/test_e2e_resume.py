@@ -20,7 +20,7 @@ TRAIN = [
     "+pipeline=sft",
     "~stages.eval",  # training is what these tests are about
     "~stages.export",
-    "stages.sft.max_steps=60",
+    "stages.sft.max_steps=30",
     "stages.sft.save_steps=5",
     "stages.sft.logging_steps=1",
 ]
@@ -63,7 +63,7 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, meth
     (line,) = [ln for ln in plan.stdout.splitlines() if ln.startswith("sft: ")]
     assert line.startswith("sft: resume from checkpoint "), plan.stdout
     step = int(line.split("checkpoint ")[1].split()[0])
-    assert 0 < step < 60
+    assert 0 < step < 30
 
     resumed = pipelines("run", *args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -74,7 +74,7 @@ def test_kill_during_training_resumes_with_identical_losses(tmp_path: Path, meth
     fresh = pipelines("run", *args, cwd=fresh_dir)
     assert fresh.returncode == 0, fresh.stderr
     got, want = losses(sft_artifact(tmp_path / "store")), losses(sft_artifact(fresh_dir / "store"))
-    assert sorted(got) == sorted(want) == list(range(1, 61))
+    assert sorted(got) == sorted(want) == list(range(1, 31))
     after = [s for s in want if s > step]
     assert after
     for s in after:
