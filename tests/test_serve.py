@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import shutil
 import socket
 import threading
@@ -19,10 +18,8 @@ from typing import Any
 import openai
 import pytest
 
-from pipelines.serving.text import TextStream
 from runtime.store import Store
 from stages.base import UserError
-from tests.cli import ROOT, pipelines
 from tests.serving import LiveServer, chat_model, greedy_replies
 from tests.training import run_sft
 
@@ -402,55 +399,6 @@ def test_with_overrides_a_stage_resolves_to_the_key_its_config_compiles_to(
         find_target("tuned", store.root, [*STAGE[:-1], "+stages.tuned.max_steps=3"])
     with pytest.raises(UserError, match="no stage of that name"):
         find_target("tunde", store.root, STAGE)
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["sft", "--backend", "vllm"], "not implemented in this build"),
-        (["nowhere", "--port", "0"], "no store at"),
-        (["sft", "--port", "-5"], "cannot listen"),
-        (["sft", "--host", "0.0.0.0"], "to the network without an API key: set --api-key"),
-    ],
-)
-def test_the_command_refuses_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
-    result = pipelines("serve", *args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_without_fastapi_the_command_says_which_extra_to_install(tmp_path: Path) -> None:
-    blocker = tmp_path / "blocked" / "fastapi"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('No module named fastapi')\n")
-    env = {"PYTHONPATH": f"{tmp_path / 'blocked'}{os.pathsep}{ROOT}"}
-    result = pipelines("serve", "sft", "--port", "0", cwd=tmp_path, env=env)
-    assert result.returncode == 2
-    assert "pip install 'pipelines[serve]'" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_text_stream_holds_back_what_could_become_a_stop_string() -> None:
-    class Chars:  # one character per token id
-        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-            return "".join(chr(i) for i in ids)
-
-    stream = TextStream(Chars(), stop=("END", "xy"))
-    out = [stream.push(ord(c)) for c in "abEaEN"]
-    assert out == ["a", "b", "", "Ea", "", ""]  # "E" and "EN" could start "END": held back
-    assert stream.push(ord("D")) == "" and stream.stopped and stream.text == "abEa"
-    assert stream.push(ord("z")) == ""  # nothing after a stop
-    unfinished = TextStream(Chars(), stop=("END",))
-    assert [unfinished.push(ord(c)) for c in "aEN"] == ["a", "", ""]
-    assert unfinished.flush() == "EN"  # the stop never came: release it at the end
-
-
-def test_text_stream_waits_for_a_whole_character() -> None:
-    class Bytes:  # one byte per token id, as byte-level BPE does
-        def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-            return bytes(ids).decode("utf-8", errors="replace")
-
-    stream = TextStream(Bytes())
-    assert [stream.push(b) for b in "é!".encode()] == ["", "é", "!"]
 
 
 def test_with_an_api_key_only_clients_that_send_it_are_answered(store: Store) -> None:
