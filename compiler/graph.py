@@ -33,6 +33,7 @@ class Node:
     local_paths: dict[str, str] = field(default_factory=dict)  # path field -> absolute path
     key: str = ""
     payload: dict[str, Any] = field(default_factory=dict)  # what the key hashes
+    launcher: Any = None  # the stage's own LauncherConfig (None: the pipeline's); never keyed
 
     @property
     def stage(self) -> Any:
@@ -46,7 +47,9 @@ def build_graph(spec: PipelineSpec, base_dir: Path, issues: list[Issue]) -> nx.D
         nodes[BASE] = Node(BASE, "base", spec.model, "model", implicit=True)
     for decl in spec.stages.values():
         if decl.config is not None:
-            nodes[decl.name] = Node(decl.name, decl.kind, decl.config, f"stages.{decl.name}")
+            nodes[decl.name] = Node(
+                decl.name, decl.kind, decl.config, f"stages.{decl.name}", launcher=decl.launcher
+            )
     for decl in spec.stages.values():
         if decl.config is not None:
             _inherit_model_defaults(nodes[decl.name], spec.model)

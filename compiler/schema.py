@@ -21,17 +21,33 @@ from stages.base import bounded
 from stages.data.registry import read_dataset_info
 from stages.data.spec import DatasetSpec
 
-LAUNCHERS = ("inprocess",)  # torchrun and deepspeed come with the distributed issue
+LAUNCHERS = ("inprocess", "subprocess", "torchrun", "deepspeed", "slurm")
 
 
 @dataclass
 class LauncherConfig:
+    """How training stages run (runtime/launchers.py); data stages always run in the
+    orchestrator. Set for the pipeline (`launcher=torchrun`) and per stage
+    (`stages.ppo.launcher.zero_stage=3`). Never part of a key."""
+
     name: str = field(default="inprocess", metadata={"choices": LAUNCHERS})
     nproc_per_node: int = bounded(1, min=1)
+    nnodes: int = bounded(1, min=1)
+    node_rank: int = bounded(0, min=0)
+    rdzv_endpoint: str | None = None  # host:port of node 0; None on one node: a free local port
+    rdzv_id: str | None = None  # the same on every node (default: the stage's key)
+    rdzv_backend: str = "c10d"
+    max_restarts: int = bounded(0, min=0)  # torchrun restarts the group; it resumes
+    timeout_s: int = bounded(1800, min=1)  # a collective waiting longer fails the stage
     device_memory_gb: float | None = None  # plan warns above this (default: this machine's RAM)
-    # ZeRO stage (1 optimizer state, 2 + gradients, 3 + weights sharded over the processes): in
-    # the memory estimate now; training with it comes with the deepspeed launcher
+    # ZeRO stage (1 optimizer state, 2 + gradients, 3 + weights sharded over the processes)
     zero_stage: int = field(default=0, metadata={"choices": (0, 1, 2, 3)})
+    offload: bool = False  # ZeRO offload of optimizer state (and stage-3 weights) to CPU memory
+    deepspeed_config: str | None = None  # a DeepSpeed JSON of your own instead of the shipped one
+    slots: int = bounded(1, min=1)  # stages that may run at once (independent branches)
+    gpus: list[int] | None = None  # GPU ids shared out to running stages (CUDA_VISIBLE_DEVICES)
+    cluster: str = field(default="slurm", metadata={"choices": ("slurm", "local", "debug")})
+    slurm: dict[str, Any] = field(default_factory=dict)  # submitit parameters (partition, ...)
 
 
 @dataclass
@@ -40,6 +56,7 @@ class StageDecl:
     kind: str
     inputs: dict[str, str | None]  # role -> node name the user referenced (None: default)
     config: Any  # an instance of the kind's Config dataclass
+    launcher: LauncherConfig | None = None  # the pipeline's, with this stage's overrides
 
 
 @dataclass
@@ -66,7 +83,8 @@ def validate(
     store = _scalar(raw, "store", str, ".pipelines", issues)
     cache_version = str(raw.get("cache_version") or "")
     model = build(KINDS["base"].Config, raw.get("model") or {}, "model", issues)
-    launcher = build(LauncherConfig, raw.get("launcher") or {}, "launcher", issues)
+    raw_launcher = raw.get("launcher") or {}
+    launcher = build(LauncherConfig, raw_launcher, "launcher", issues)
     declared = _dataset_info(raw, base_dir or Path.cwd(), issues)
     for name, fields in _mapping(raw, "datasets", issues).items():  # amend field by field
         known = declared.get(name)
@@ -75,7 +93,10 @@ def validate(
     datasets = {
         str(n): build(DatasetSpec, d or {}, f"datasets.{n}", issues) for n, d in declared.items()
     }
-    stages = {str(n): _stage(str(n), d, issues) for n, d in _mapping(raw, "stages", issues).items()}
+    stages = {
+        str(n): _stage(str(n), d, issues, raw_launcher)
+        for n, d in _mapping(raw, "stages", issues).items()
+    }
     if not stages and not issues:
         issues.append(Issue("stages", "no stages to run", "choose a pipeline, e.g. +pipeline=sft"))
     return PipelineSpec(store, cache_version, model, launcher, datasets, stages)  # type: ignore[arg-type]
@@ -98,7 +119,7 @@ def _dataset_info(raw: Mapping[str, Any], base_dir: Path, issues: list[Issue]) -
     return entries
 
 
-def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:
+def _stage(name: str, raw: Any, issues: list[Issue], launcher: Any = None) -> StageDecl:
     path = f"stages.{name}"
     if not isinstance(raw, Mapping):
         issues.append(Issue(path, f"expected a mapping, got {type(raw).__name__}"))
@@ -117,12 +138,30 @@ def _stage(name: str, raw: Any, issues: list[Issue]) -> StageDecl:
             issues.append(Issue(f"{path}.{role}", "expected a stage name (string)"))
             ref = None
         inputs[role] = ref
-    body = {k: v for k, v in raw.items() if k != "kind" and k not in stage.inputs}
-    config = build(stage.Config, body, path, issues, extra=("kind", *stage.inputs))
+    own = ("kind", "launcher", *stage.inputs)
+    body = {k: v for k, v in raw.items() if k not in own}
+    config = build(stage.Config, body, path, issues, extra=own)
     check = getattr(stage, "check_config", None)
     if config is not None and check is not None:  # rules between fields, declared by the kind
         issues += [Issue(f"{path}.{f}", problem) for f, problem in check(config)]
-    return StageDecl(name, kind, inputs, config)
+    return StageDecl(name, kind, inputs, config, _stage_launcher(raw, path, launcher, issues))
+
+
+def _stage_launcher(
+    raw: Mapping[str, Any], path: str, pipeline: Any, issues: list[Issue]
+) -> LauncherConfig | None:
+    """A stage's own `launcher:` fields over the pipeline's (None when it names none)."""
+    own = raw.get("launcher")
+    if own is None:
+        return None
+    if not isinstance(own, Mapping):
+        issues.append(Issue(f"{path}.launcher", f"expected a mapping, got {type(own).__name__}"))
+        return None
+    merged = {**(pipeline if isinstance(pipeline, Mapping) else {}), **own}
+    found: list[Issue] = []
+    built = build(LauncherConfig, merged, f"{path}.launcher", found)
+    issues += found
+    return None if found else built
 
 
 def build(cls: type, raw: Any, path: str, issues: list[Issue], extra: tuple = ()) -> Any:

@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from compiler.errors import CompileError, Issue, did_you_mean
-from compiler.schema import ROOT_KEYS
+from compiler.schema import ROOT_KEYS, LauncherConfig
 from compiler.select import split_flags
 from stages import KINDS
 
@@ -30,12 +30,15 @@ def register_stage_defaults() -> None:
     for kind, stage in KINDS.items():
         defaults = {f.name: _default(f) for f in dataclasses.fields(stage.Config)}
         roles = {role: None for role in stage.inputs}  # so `stages.x.model=sft` overrides work
-        cs.store(group="stage", name=kind, node={"kind": kind, **roles, **defaults})
+        own = {"launcher": None} if getattr(stage, "distributed", False) else {}
+        cs.store(group="stage", name=kind, node={"kind": kind, **roles, **own, **defaults})
     # every model preset starts from the base model's full field list, so any of its keys can be
     # overridden on the command line (model.revision=..., model.trust_remote_code=true)
     fields = {f.name: _default(f) for f in dataclasses.fields(KINDS["base"].Config)}
     fields["name_or_path"] = "???"  # each preset names its model (a `???` would not override)
     cs.store(group="model_fields", name="base", node=fields)
+    launcher = {f.name: _default(f) for f in dataclasses.fields(LauncherConfig)}
+    cs.store(group="launcher_fields", name="base", node=launcher)  # likewise launcher.<any>=
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -48,8 +48,11 @@ def run_command(
     compiled, store, forced = compile_config(raw, base_dir, select)
     from runtime.executor import FAILED, execute, save_record
     from runtime.launchers import make_launcher
+    from runtime.slots import check_launchers
 
-    launcher = make_launcher(compiled.spec.launcher)  # before anything is written
+    nodes = [compiled.graph.nodes[n]["node"] for n in compiled.graph]
+    check_launchers(nodes, compiled.spec.launcher)  # before anything is written
+    launcher = make_launcher(compiled.spec.launcher)
     problem = store.unwritable()
     if problem:
         fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"

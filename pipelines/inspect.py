@@ -160,6 +160,10 @@ def leftovers(store: Store, keep: set[str]) -> list[tuple[Path, str]]:
             out.append((path, f"temp file {path.relative_to(store.root)} (interrupted write)"))
     trash = store.root / "trash"
     out += [(p, f"trash {p.name}") for p in sorted(trash.iterdir())] if trash.is_dir() else []
+    logs = store.root / "logs"  # ranks' logs, kept while their run's record is
+    for path in sorted(logs.iterdir()) if logs.is_dir() else []:
+        if not (store.root / "runs" / f"{path.name}.json").exists():
+            out.append((path, f"logs of run {path.name} (its record is gone)"))
     return out
 
 

@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from typing import Any
 from compiler.compile import Compiled
 from compiler.graph import Node
 from compiler.memory import GIB, memory_without_checkpointing
-from compiler.plan import CACHED, plan
+from compiler.plan import CACHED, Step, plan
 from runtime.launchers import Launcher
+from runtime.processes import stop_all
+from runtime.rank_failure import RankFailure
+from runtime.slots import Grant, Slots, launcher_for
 from runtime.store import Store
 from runtime.worker import write_spec
 from stages.base import UserError, latest_checkpoint
@@ -51,35 +55,97 @@ def execute(
     forced: frozenset[str] = frozenset(),
 ) -> list[Outcome]:
     """Run every node that is not cached (and the `forced` ones, replacing their artifacts);
-    returns one Outcome per node, in order."""
-    outcomes: dict[str, Outcome] = {}
+    returns one Outcome per node, in the plan's order. Independent nodes run at the same time
+    when `launcher.slots` allows (runtime/slots.py); a failed branch never stops another."""
     steps = plan(compiled.graph, store, forced)
+    slots = Slots(compiled.spec.launcher)
+    outcomes: dict[str, Outcome] = {}
     record["stages"] = {}
-    for i, step in enumerate(steps, 1):
+    waiting = list(enumerate(steps, 1))
+    running: dict[Future, tuple[Node, Grant]] = {}
+    with ThreadPoolExecutor(max_workers=slots.size) as pool:
+        try:
+            while waiting or running:
+                waiting = _start_ready(
+                    waiting,
+                    running,
+                    outcomes,
+                    compiled,
+                    store,
+                    launcher,
+                    record,
+                    forced,
+                    slots,
+                    pool,
+                    len(steps),
+                )
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        node, grant = running.pop(future)
+                        slots.release(grant)
+                        _finish(node, future.result(), outcomes, store, record)
+        except KeyboardInterrupt:
+            stopped = stop_all()
+            if stopped:
+                print(f"stopped {stopped} running stage process group(s)", file=sys.stderr)
+            raise
+    return [outcomes[s.node.name] for s in steps]
+
+
+def _start_ready(
+    waiting: list[tuple[int, Step]],
+    running: dict[Future, tuple[Node, Grant]],
+    outcomes: dict[str, Outcome],
+    compiled: Compiled,
+    store: Store,
+    launcher: Launcher,
+    record: dict,
+    forced: frozenset[str],
+    slots: Slots,
+    pool: ThreadPoolExecutor,
+    total: int,
+) -> list[tuple[int, Step]]:
+    """Settle or start every waiting node whose inputs are done, in plan order; returns the
+    nodes still waiting."""
+    still = []
+    for i, step in waiting:
         node = step.node
-        failed_up = [
-            s
-            for s in compiled.graph.predecessors(node.name)
-            if outcomes[s].status in (FAILED, SKIPPED)
-        ]
+        ups = list(compiled.graph.predecessors(node.name))
+        if any(u not in outcomes for u in ups):
+            still.append((i, step))
+            continue
+        failed_up = [u for u in ups if outcomes[u].status in (FAILED, SKIPPED)]
         if failed_up:
-            out = Outcome(
-                node.name, node.kind, node.key, SKIPPED, error=f"upstream {failed_up[0]} failed"
-            )
+            error = f"upstream {failed_up[0]} failed"
+            out = Outcome(node.name, node.kind, node.key, SKIPPED, error=error)
+            _finish(node, out, outcomes, store, record)
         elif step.status == CACHED:
-            out = _cached(node, store)
+            _finish(node, _cached(node, store), outcomes, store, record)
         else:
-            print(f"[{i}/{len(steps)}] {node.name}: {step.describe()}", flush=True)
+            chosen = launcher_for(node, launcher, slots)
+            grant = slots.take(node, chosen)
+            if grant is None:
+                still.append((i, step))
+                continue
+            print(f"[{i}/{total}] {node.name}: {step.describe()}", flush=True)
             record["stages"][node.name] = {"key": node.key, "status": "running"}
             save_record(store, record)  # its work dir is named by a record while it runs
-            out = _run_locked(node, compiled, store, launcher, record["id"], node.name in forced)
-        outcomes[node.name] = out
-        if out.status not in (FAILED, SKIPPED):
-            with contextlib.suppress(OSError):  # only `plan`'s reasons need it
-                store.remember_name(node.name, node.key, node.payload)
-        record["stages"][node.name] = _record_entry(out)
-        save_record(store, record)
-    return list(outcomes.values())
+            run = slots.bind(grant, chosen, node.name)
+            args = (node, compiled, store, run, record["id"], node.name in forced)
+            running[pool.submit(slots.guarded, grant, _run_locked, *args)] = (node, grant)
+    return still
+
+
+def _finish(
+    node: Node, out: Outcome, outcomes: dict[str, Outcome], store: Store, record: dict
+) -> None:
+    outcomes[node.name] = out
+    if out.status not in (FAILED, SKIPPED):
+        with contextlib.suppress(OSError):  # only `plan`'s reasons need it
+            store.remember_name(node.name, node.key, node.payload)
+    record["stages"][node.name] = _record_entry(out)
+    save_record(store, record)
 
 
 def save_record(store: Store, record: dict[str, Any]) -> Path | None:
@@ -123,6 +189,9 @@ def _run_locked(
 ) -> Outcome:
     """Take the key's lock; if another process committed it meanwhile, reuse theirs."""
 
+    if joins_another_node(node, compiled):
+        return _join(node, compiled, store, launcher)
+
     def waiting() -> None:
         print(f"    {node.name}: another process is computing {node.key[:12]}; waiting", flush=True)
 
@@ -151,7 +220,7 @@ def _run(
     try:
         spec = _spec(node, compiled, store, work, out_dir, ckpt[1] if ckpt else None)
         metrics = launcher.launch(write_spec(work / "spec.json", spec))
-    except UserError as e:
+    except (UserError, RankFailure) as e:
         return _failed(node, str(e), time.time() - t0)
     except OSError as e:
         if e.errno in STORAGE_ERRORS:
@@ -178,9 +247,50 @@ def _run(
         store.commit(node.kind, node.key, out_dir, meta, replace=replace)
     except OSError as e:  # nothing half-committed: the artifact appears by one final rename
         return _failed(node, _storage_message(e, "while committing its artifact"), wall)
+    keep_rank_logs(work, store.root / "logs" / run_id / node.name)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are no longer needed once committed
     status = RESUMED if ckpt else RAN
     return Outcome(node.name, node.kind, node.key, status, wall, metrics, headline(node))
+
+
+def joins_another_node(node: Node, compiled: Compiled) -> bool:
+    """Node ranks above 0 of a multi-node stage: they add their processes to node 0's run,
+    which holds the key's lock and commits."""
+    cfg = node.launcher or compiled.spec.launcher
+    return bool(getattr(node.stage, "distributed", False)) and cfg.node_rank > 0
+
+
+def _join(node: Node, compiled: Compiled, store: Store, launcher: Launcher) -> Outcome:
+    """Run this node's share of the stage, then wait for node 0's commit."""
+    cfg = node.launcher or compiled.spec.launcher
+    work = store.work_dir(node.key)
+    t0 = time.time()
+    try:
+        spec = _spec(node, compiled, store, work, work / "out", None)
+        launcher.launch(write_spec(work / f"spec-node{cfg.node_rank}.json", spec))
+    except (UserError, RankFailure) as e:
+        return _failed(node, str(e), time.time() - t0)
+    except Exception as e:  # noqa: BLE001
+        return _crashed(node, e, work, t0)
+    deadline = time.time() + JOIN_WAIT_S
+    while not store.has(node.key):
+        if time.time() > deadline:
+            return _failed(node, f"node 0 did not commit {node.key[:12]} in {JOIN_WAIT_S}s", 0.0)
+        time.sleep(1.0)
+    out = _cached(node, store)
+    return dataclasses.replace(out, status=RAN, wall_s=time.time() - t0)
+
+
+JOIN_WAIT_S = 600  # node 0 commits right after its ranks finish; this is its slack
+
+
+def keep_rank_logs(work: Path, dest: Path) -> None:
+    """Each rank's log of a committed stage, kept beside its run (the work dir goes away)."""
+    logs = work / "logs"
+    if logs.is_dir():
+        with contextlib.suppress(OSError):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(logs), str(dest))
 
 
 def _spec(

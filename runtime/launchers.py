@@ -1,17 +1,30 @@
-"""How a stage's process starts. Every launcher runs `runtime.worker` on a frozen spec file.
+"""How a stage's processes start. Every launcher runs `runtime.worker` on a frozen spec file.
 
-`inprocess` calls the worker directly (CPU, tests, tiny models). `torchrun` and `deepspeed`
-launchers (a subprocess per stage, `python -m runtime.worker spec.json` under the launcher's
-argv) implement the same protocol.
+- `inprocess` calls the worker in the orchestrator's own process (CPU, tests, tiny models);
+- `subprocess` runs it as one child process (stages in parallel on CPU slots);
+- `torchrun` runs `python -m torch.distributed.run ... -m runtime.worker spec.json`: one process
+  per device, several nodes through torchrun's rendezvous, restarts on failure;
+- `deepspeed` is torchrun with a DeepSpeed config in the spec (the Trainer engages it);
+- `slurm` submits the torchrun command as a job through submitit and waits for it.
+
+A process launcher reads the ranks' error files when the command fails (runtime/rank_failure.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from compiler.errors import CompileError, Issue
 from compiler.schema import LauncherConfig
+from runtime.processes import run_process
+from runtime.rank_failure import failure
+
+CONF = Path(__file__).resolve().parent.parent / "conf" / "deepspeed"
 
 
 class Launcher(Protocol):
@@ -31,28 +44,150 @@ class InProcessLauncher:
         return run_spec(spec_path)
 
 
-LAUNCHERS: dict[str, type] = {"inprocess": InProcessLauncher}
+@dataclass
+class ProcessLauncher:
+    """A command that runs the worker in child processes; `env` adds to the environment
+    (CUDA_VISIBLE_DEVICES and thread counts of a parallel slot), `prefix` labels its output
+    lines when several stages print at once."""
+
+    cfg: LauncherConfig
+    env: dict[str, str] | None = None
+    prefix: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def launch(self, spec_path: Path) -> dict[str, Any]:
+        spec_path = Path(spec_path)
+        work = spec_path.parent
+        _add_distributed(spec_path, self.cfg)
+        code, output = self.run(argv(self.cfg, spec_path), environment(self.cfg, self.env))
+        if code != 0:
+            raise failure(work, code, output, self.cfg)
+        metrics = work / "metrics.json"  # rank 0 writes it (another node's rank 0: none here)
+        return json.loads(metrics.read_text()) if metrics.exists() else {}
+
+    def run(self, args: list[str], env: dict[str, str]) -> tuple[int, str]:
+        if self.cfg.name == "slurm":
+            from runtime.slurm import submit
+
+            return submit(args, env, self.cfg, Path(args[-1]).parent)
+        return run_process(args, env, self.prefix)
 
 
-def make_launcher(cfg: LauncherConfig) -> Launcher:
-    """The launcher a run uses; settings it cannot honour are refused, never ignored."""
+def argv(cfg: LauncherConfig, spec_path: Path) -> list[str]:
+    """The command line of one stage (golden-tested)."""
+    worker = ["-m", "runtime.worker", str(spec_path)]
+    if cfg.name == "subprocess":
+        return [sys.executable, *worker]
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    run += ["--nnodes", str(cfg.nnodes), "--nproc-per-node", str(cfg.nproc_per_node)]
+    run += ["--max-restarts", str(cfg.max_restarts)]
+    if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
+        run += ["--standalone"]  # a free local port: concurrent stages never collide
+    else:
+        rdzv_id = cfg.rdzv_id or _stage_key(spec_path)
+        run += ["--node-rank", str(cfg.node_rank), "--rdzv-backend", cfg.rdzv_backend]
+        run += ["--rdzv-endpoint", str(cfg.rdzv_endpoint), "--rdzv-id", rdzv_id]
+    return [*run, *worker]
+
+
+def environment(cfg: LauncherConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ours, plus the slot's devices and threads; the project root on
+    PYTHONPATH so `-m runtime.worker` imports wherever the child starts."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if cfg.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
+        cores = os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // cfg.nproc_per_node))
+    env.update(extra or {})
+    return env
+
+
+def deepspeed_config(cfg: LauncherConfig) -> dict[str, Any] | None:
+    """The DeepSpeed config a stage trains with: the user's file, or the shipped one for the
+    ZeRO stage (`auto` values are filled by the Trainer from the stage's own config)."""
+    if cfg.name != "deepspeed" and not cfg.deepspeed_config:
+        return None
+    if cfg.deepspeed_config:
+        return json.loads(Path(cfg.deepspeed_config).expanduser().read_text())
+    name = f"zero{cfg.zero_stage}{'_offload' if cfg.offload else ''}.json"
+    return json.loads((CONF / name).read_text())
+
+
+def _add_distributed(spec_path: Path, cfg: LauncherConfig) -> None:
+    """What the ranks need from the launcher, written into the frozen spec before they start."""
+    spec = json.loads(spec_path.read_text())
+    spec["distributed"] = {"deepspeed": deepspeed_config(cfg), "timeout_s": cfg.timeout_s}
+    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+
+
+def _stage_key(spec_path: Path) -> str:
+    return str(json.loads(spec_path.read_text())["key"])[:32]
+
+
+PROCESS_LAUNCHERS = ("subprocess", "torchrun", "deepspeed", "slurm")
+
+
+def make_launcher(
+    cfg: LauncherConfig, env: dict[str, str] | None = None, prefix: str | None = None
+) -> Launcher:
+    """The launcher a stage uses; settings it cannot honour are refused, never ignored."""
+    problems = launcher_issues(cfg, "launcher")
+    if problems:
+        raise CompileError(problems)
+    if cfg.name == "inprocess":
+        return InProcessLauncher()
+    return ProcessLauncher(cfg, env, prefix)
+
+
+def launcher_issues(cfg: LauncherConfig, path: str) -> list[Issue]:
+    """Settings that contradict each other or the machine, found before anything runs."""
     issues = []
-    if cfg.zero_stage and cfg.name == "inprocess":
+    one_process = cfg.name in ("inprocess", "subprocess")
+    if cfg.zero_stage and cfg.name != "deepspeed":
         issues.append(
             Issue(
-                "launcher.zero_stage",
-                "ZeRO shards training over several processes; the inprocess launcher runs one",
-                "`plan` shows the sharded estimate; set launcher.zero_stage=0 to run here",
+                f"{path}.zero_stage",
+                f"ZeRO shards training over DeepSpeed processes; the {cfg.name} launcher runs "
+                "without DeepSpeed",
+                "set launcher=deepspeed to shard, or launcher.zero_stage=0",
             )
         )
-    if cfg.nproc_per_node > 1 and cfg.name == "inprocess":
+    if one_process and (cfg.nproc_per_node > 1 or cfg.nnodes > 1):
         issues.append(
             Issue(
-                "launcher.nproc_per_node",
-                f"{cfg.nproc_per_node} processes asked; the inprocess launcher runs one",
-                "`plan` shows the per-process estimate; set launcher.nproc_per_node=1 to run here",
+                f"{path}.nproc_per_node",
+                f"{cfg.nproc_per_node * cfg.nnodes} processes asked; the {cfg.name} launcher "
+                "runs one",
+                "set launcher=torchrun or deepspeed to run several, or nproc_per_node=1",
             )
         )
-    if issues:
-        raise CompileError(issues)
-    return LAUNCHERS[cfg.name]()
+    if cfg.nnodes > 1 and not cfg.rdzv_endpoint and cfg.name != "slurm":
+        issues.append(
+            Issue(
+                f"{path}.rdzv_endpoint",
+                f"{cfg.nnodes} nodes need a rendezvous endpoint all of them reach",
+                "set launcher.rdzv_endpoint=<host of node 0>:29500 on every node",
+            )
+        )
+    if cfg.node_rank >= cfg.nnodes:
+        issues.append(
+            Issue(f"{path}.node_rank", f"node_rank {cfg.node_rank} >= nnodes {cfg.nnodes}")
+        )
+    if cfg.deepspeed_config and not Path(cfg.deepspeed_config).expanduser().is_file():
+        issues.append(Issue(f"{path}.deepspeed_config", f"file not found: {cfg.deepspeed_config}"))
+    if cfg.name == "deepspeed" and not _installed("deepspeed"):
+        issues.append(Issue(f"{path}.name", "DeepSpeed is not installed", "pip install deepspeed"))
+    if cfg.name == "slurm" and not _installed("submitit"):
+        issues.append(Issue(f"{path}.name", "submitit is not installed", "pip install submitit"))
+    return issues
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -4,6 +4,11 @@
 
 The spec holds everything resolved (config, input paths, output and work dirs), so worker ranks
 never run Hydra or the compiler; the stage's metrics come back in `<work>/metrics.json`.
+
+Under a process launcher each rank logs to `<work>/logs/rank-<r>.log`, and a failure leaves
+`<work>/errors/rank-<r>.json` (a user error's one-line message, or a crash's type and message)
+with exit code 2 (user error) or 1 (crash), so the orchestrator can say which rank failed and why.
+Only rank 0 writes the artifact: the other ranks get a scratch `out` under the work dir.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +24,9 @@ from typing import Any
 
 from runtime.store import Store
 from stages import KINDS
-from stages.base import Context
+from stages.base import Context, UserError, latest_checkpoint
+
+USER_ERROR, CRASH = 2, 1
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
@@ -33,21 +41,28 @@ def run_spec(spec_path: Path) -> dict[str, Any]:
     stage = KINDS[spec["kind"]]()
     cfg = type(stage).Config(**spec["config"])
     store = Path(spec["store"])
+    rank = int(os.environ.get("RANK", 0))
+    work = Path(spec["work"])
+    # torchrun restarts every rank after a failure: resume from what exists now, not at launch
+    found = latest_checkpoint(work / "checkpoints")
     ctx = Context(
         name=spec["name"],
         key=spec["key"],
-        out=Path(spec["out"]),
-        work=Path(spec["work"]),
+        out=Path(spec["out"]) if rank == 0 else scratch_out(work, rank),
+        work=work,
         inputs={r: Path(p) for r, p in spec["inputs"].items()},
         input_keys=spec["input_keys"],
         datasets=spec["datasets"],
-        resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None,
-        rank=int(os.environ.get("RANK", 0)),
+        resume_from=found[1] if found else None,
+        rank=rank,
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         resolve=lambda key: _resolve(store, key),
         log=logging.getLogger(f"pipelines.{spec['name']}"),
         memory=spec.get("memory", {}),
+        distributed=spec.get("distributed", {}),
     )
+    if ctx.out.exists() and rank != 0:
+        shutil.rmtree(ctx.out)
     ctx.out.mkdir(parents=True, exist_ok=True)
     quiet_handled_warnings()
     stage.run(ctx, cfg)
@@ -86,6 +101,53 @@ def quiet_handled_warnings() -> None:
             logger.addFilter(_Handled(text))
 
 
+def scratch_out(work: Path, rank: int) -> Path:
+    """Where a rank other than 0 "writes the artifact": never into the one that is committed."""
+    return work / "ranks" / f"rank-{rank}"
+
+
+def error_path(work: Path, rank: int) -> Path:
+    return work / "errors" / f"rank-{rank}.json"
+
+
+def main(spec_path: Path) -> int:
+    """A rank's life under a process launcher: logs to its file, failures to its error file."""
+    from runtime import rank_logs
+
+    spec = json.loads(Path(spec_path).read_text())
+    work, rank = Path(spec["work"]), int(os.environ.get("RANK", 0))
+    error_path(work, rank).unlink(missing_ok=True)
+    rank_logs.capture(work, rank, echo=rank == 0)
+    _use_local_device()
+    code, error = 0, None
+    try:
+        run_spec(spec_path)
+    except UserError as e:
+        code, error = USER_ERROR, {"kind": "user", "message": str(e)}
+    except BaseException as e:  # noqa: BLE001 - the orchestrator reports it; the log keeps the trace
+        import traceback
+
+        traceback.print_exc()
+        code, error = CRASH, {"kind": "crash", "message": f"{type(e).__name__}: {e}"}
+    if error is not None:
+        path = error_path(work, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rank": rank, **error}))
+    rank_logs.finish()
+    return code
+
+
+def _use_local_device() -> None:
+    """Each rank on its own GPU (`LOCAL_RANK`), so that "cuda" means that one everywhere."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(local))
+
+
 def _resolve(root: Path, key: str) -> Path:
     path = Store(root).find(key)
     if path is None:
@@ -94,4 +156,4 @@ def _resolve(root: Path, key: str) -> Path:
 
 
 if __name__ == "__main__":
-    run_spec(Path(sys.argv[1]))
+    sys.exit(main(Path(sys.argv[1])))

@@ -104,6 +104,15 @@ class Context:
     # the plan's memory estimate for training stages: bytes "without_checkpointing", and the
     # configured "device" size when the launcher names one
     memory: dict[str, float] = field(default_factory=dict)
+    # how a process launcher runs the stage: "deepspeed" (a DeepSpeed config dict, its `auto`
+    # values filled by the Trainer from the stage's config) and "timeout_s" (a collective that
+    # waits longer fails instead of hanging)
+    distributed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes shared files (the artifact, logs, plots)."""
+        return self.rank == 0
 
     @property
     def checkpoints(self) -> Path:

@@ -81,6 +81,7 @@ class GrpoStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "reward"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
     trainer: ClassVar[tuple[str, str]] = ("GRPOTrainer", "GRPOConfig")  # TRL's names
 
     @staticmethod

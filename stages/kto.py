@@ -43,6 +43,7 @@ class KtoStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "rewards_margins"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
 
     @staticmethod
     def check_config(cfg: KtoConfig) -> list[tuple[str, str]]:

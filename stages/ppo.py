@@ -107,6 +107,7 @@ class PpoStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "reward_mean"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
 
     @staticmethod
     def check_config(cfg: PpoConfig) -> list[tuple[str, str]]:

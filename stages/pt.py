@@ -31,6 +31,7 @@ class PtStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "train_loss"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
 
     @staticmethod
     def check_config(cfg: PtConfig) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ class RmStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "eval_accuracy"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
 
     @staticmethod
     def check_config(cfg: RmConfig) -> list[tuple[str, str]]:

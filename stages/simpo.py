@@ -40,6 +40,7 @@ class SimpoStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "rewards_margins"
+    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
 
     @staticmethod
     def check_config(cfg: SimpoConfig) -> list[tuple[str, str]]:

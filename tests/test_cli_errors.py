@@ -124,10 +124,10 @@ def test_zero_sharding_is_planned_but_not_run_by_the_inprocess_launcher(tmp_path
     result = pipelines("run", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "config errors (2):\n  - launcher.zero_stage: ZeRO shards training over several "
-        "processes; the inprocess launcher runs one (`plan` shows the sharded estimate; set "
-        "launcher.zero_stage=0 to run here)\n  - launcher.nproc_per_node: 4 processes asked; "
-        "the inprocess launcher runs one (`plan` shows the per-process estimate; set "
-        "launcher.nproc_per_node=1 to run here)"
+        "config errors (2):\n  - launcher.zero_stage: ZeRO shards training over DeepSpeed "
+        "processes; the inprocess launcher runs without DeepSpeed (set launcher=deepspeed to "
+        "shard, or launcher.zero_stage=0)\n  - launcher.nproc_per_node: 4 processes asked; "
+        "the inprocess launcher runs one (set launcher=torchrun or deepspeed to run several, "
+        "or nproc_per_node=1)"
     )
     assert not (tmp_path / "store" / "artifacts").exists()

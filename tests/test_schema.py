@@ -69,7 +69,7 @@ def test_a_kind_that_is_not_a_string_is_an_issue_not_a_crash() -> None:
 def test_every_problem_is_reported_together() -> None:
     raw = {
         "stagse": {},
-        "launcher": {"name": "torchrun"},
+        "launcher": {"name": "torchrum"},
         "datasets": {"d": {"path": "d.jsonl", "formatting": "alpacca"}},
         "stages": {
             "sft": {"kind": "sft", "learning_rat": 1e-4, "lora_rank": "8"},

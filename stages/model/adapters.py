@@ -165,11 +165,14 @@ def remember_init(model: Any, cfg: Any, work: Path) -> None:
     config.init_lora_weights = "pissa"
 
 
-def save_trained(model: Any, out: Path, cfg: Any, work: Path) -> None:
+def save_trained(model: Any, out: Path, cfg: Any, work: Path, state: Any = None) -> None:
     """Weights (or the adapter) plus the generation config: where generation stops. Only the
-    trained adapter is saved, not a frozen copy a trainer added beside it (TRL's "ref")."""
+    trained adapter is saved, not a frozen copy a trainer added beside it (TRL's "ref").
+    `state`: the whole state dict when the model itself holds only shards (ZeRO-3)."""
     lora = cfg.finetuning_type == "lora"
     only = {"selected_adapters": ["default"]} if lora else {}
+    if state is not None:
+        only["state_dict"] = state
     if cfg.finetuning_type == "lora" and cfg.pissa_init:
         model.save_pretrained(
             str(out), path_initial_model_for_weight_conversion=str(work / PISSA_INIT), **only

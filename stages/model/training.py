@@ -60,8 +60,22 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool, args_cls: Any = None, 
         dataloader_num_workers=0,
         dataloader_pin_memory=has_cuda(),
         disable_tqdm=False,
+        **_distributed_args(ctx),
         **extra,
     )
+
+
+def _distributed_args(ctx: Context) -> dict[str, Any]:
+    """DeepSpeed's config and the collective timeout, when a process launcher runs the stage;
+    several processes without a GPU need `use_cpu`, or accelerate trains each on its own."""
+    found: dict[str, Any] = {}
+    if ctx.world_size > 1 and not has_cuda():
+        found["use_cpu"] = True
+    if ctx.distributed.get("deepspeed"):
+        found["deepspeed"] = ctx.distributed["deepspeed"]
+    if ctx.distributed.get("timeout_s"):
+        found["ddp_timeout"] = int(ctx.distributed["timeout_s"])
+    return found
 
 
 def _checkpointing_arg() -> str:
@@ -334,6 +348,17 @@ def train(trainer: Any, ctx: Context) -> None:
     events = ctx.checkpoints / "runs"
     if events.is_dir():  # TensorBoard event files, when report_to includes tensorboard
         shutil.copytree(events, ctx.out / "tensorboard", dirs_exist_ok=True)
+
+
+def full_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """ZeRO-3 shards every weight over the ranks: gather them (a collective: every rank calls
+    this) so rank 0 saves whole tensors. None when the model holds its own weights."""
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.deepspeed)
 
 
 def peak_memory_mb() -> float:

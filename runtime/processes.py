@@ -1,0 +1,77 @@
+"""Child process groups of a run: started in their own session, their output streamed, and all
+stopped together when the orchestrator is interrupted (Ctrl-C), so no rank outlives its run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+
+_LIVE: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+KEEP = 200  # lines of a child's output kept for the failure message (torchrun's summary)
+
+
+def run_process(args: list[str], env: dict[str, str], prefix: str | None = None) -> tuple[int, str]:
+    """Run `args` to the end; returns (exit code, the tail of its output). Output goes to our
+    stdout as it comes: raw (progress bars redraw in place) or, with `prefix`, line by line
+    with the stage's name in front (several stages print at once)."""
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    with _LOCK:
+        _LIVE.add(proc)
+    tail: deque[str] = deque(maxlen=KEEP)
+    try:
+        _pump(proc, tail, prefix)
+        code = proc.wait()
+    finally:
+        with _LOCK:
+            _LIVE.discard(proc)
+    return code, "\n".join(tail)
+
+
+def _pump(proc: subprocess.Popen, tail: deque[str], prefix: str | None) -> None:
+    out = sys.stdout
+    pending = ""
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read1(65536):  # type: ignore[attr-defined]
+        text = chunk.decode("utf-8", "replace")
+        if prefix is None:
+            out.write(text)
+            out.flush()
+        pending += text
+        *lines, pending = pending.replace("\r", "\n").split("\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            tail.append(line)
+            if prefix is not None:
+                out.write(f"[{prefix}] {line}\n")
+        if prefix is not None:
+            out.flush()
+    if pending.strip():
+        tail.append(pending)
+
+
+def stop_all(grace_s: float = 10.0) -> int:
+    """SIGTERM every live child group, SIGKILL what is left after `grace_s`; returns how many."""
+    with _LOCK:
+        procs = list(_LIVE)
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal(proc, signal.SIGKILL)
+    return len(procs)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)

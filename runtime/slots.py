@@ -1,0 +1,114 @@
+"""Which launcher runs a node, and the resources a running stage holds.
+
+`launcher.slots` is how many stages may run at once; `launcher.gpus` is the pool of GPU ids a
+process-launched stage takes its `nproc_per_node` from (through CUDA_VISIBLE_DEVICES). With one
+slot, stages run one after another exactly as the plan lists them. With several, each stage that
+trains runs in its own process group (a thread here only waits on it), its CPU threads shared
+out, its output lines labelled with its name. Stages that run in the orchestrator (data nodes,
+and anything on the `inprocess` launcher) take turns: torch's global state is per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler.graph import Node
+from compiler.schema import LauncherConfig
+from runtime.launchers import InProcessLauncher, Launcher, ProcessLauncher, make_launcher
+
+_IN_PROCESS = threading.Lock()
+
+
+@dataclass
+class Grant:
+    in_process: bool
+    gpus: list[int] = field(default_factory=list)
+
+
+class Slots:
+    def __init__(self, cfg: LauncherConfig) -> None:
+        self.size = cfg.slots
+        self.free_gpus = list(cfg.gpus or [])
+        self.uses_gpus = bool(cfg.gpus)
+        self.active = 0
+
+    def take(self, node: Node, launcher: Launcher) -> Grant | None:
+        """A grant when a slot (and the GPUs the stage asks for) are free, else None."""
+        if self.active >= self.size:
+            return None
+        if not isinstance(launcher, ProcessLauncher):
+            self.active += 1
+            return Grant(in_process=True)
+        need = launcher.cfg.nproc_per_node if self.uses_gpus else 0
+        if need > len(self.free_gpus):
+            return None
+        gpus, self.free_gpus = self.free_gpus[:need], self.free_gpus[need:]
+        self.active += 1
+        return Grant(in_process=False, gpus=gpus)
+
+    def release(self, grant: Grant) -> None:
+        self.active -= 1
+        self.free_gpus = sorted(self.free_gpus + grant.gpus)
+
+    def bind(self, grant: Grant, launcher: Launcher, name: str) -> Launcher:
+        """The launcher with the grant's devices and threads in its environment."""
+        if not isinstance(launcher, ProcessLauncher):
+            return launcher
+        env = dict(launcher.env or {})
+        if grant.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant.gpus)
+        if self.size > 1:
+            cores = os.cpu_count() or 1
+            per = max(1, cores // self.size // launcher.cfg.nproc_per_node)
+            env.setdefault("OMP_NUM_THREADS", str(per))
+        prefix = name if self.size > 1 else None
+        return dataclasses.replace(launcher, env=env, prefix=prefix)
+
+    @staticmethod
+    def guarded(grant: Grant, fn: Callable[..., Any], *args: Any) -> Any:
+        if not grant.in_process:
+            return fn(*args)
+        with _IN_PROCESS:
+            return fn(*args)
+
+
+def launcher_for(node: Node, default: Launcher, slots: Slots) -> Launcher:
+    """Data kinds run in the orchestrator; a training kind uses its stage's launcher, else the
+    pipeline's; with several slots an in-process training stage gets a process of its own."""
+    if not getattr(node.stage, "distributed", False):
+        return InProcessLauncher()
+    chosen = make_launcher(node.launcher) if node.launcher is not None else default
+    if slots.size > 1 and isinstance(chosen, InProcessLauncher):
+        return ProcessLauncher(LauncherConfig(name="subprocess"))
+    return chosen
+
+
+def check_launchers(nodes: list[Node], pipeline: LauncherConfig) -> None:
+    """Every launcher a run will use, checked before anything is written: one message listing
+    each problem (`stages.<name>.launcher.<field>` for a stage's own)."""
+    from compiler.errors import CompileError, Issue
+    from runtime.launchers import launcher_issues
+
+    issues = launcher_issues(pipeline, "launcher")
+    pool = len(pipeline.gpus or [])
+    for node in nodes:
+        if not getattr(node.stage, "distributed", False):
+            continue
+        cfg = node.launcher or pipeline
+        if node.launcher is not None:
+            issues += launcher_issues(cfg, f"{node.path}.launcher")
+        if pipeline.gpus and cfg.name != "inprocess" and cfg.nproc_per_node > pool:
+            issues.append(
+                Issue(
+                    f"{node.path}.launcher.nproc_per_node",
+                    f"{cfg.nproc_per_node} processes, but launcher.gpus has {pool} GPU(s)",
+                    "list more GPUs in launcher.gpus, or lower nproc_per_node",
+                )
+            )
+    if issues:
+        raise CompileError(issues)
