@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def environment(cfg: LauncherConfig, extra: dict[str, str] | None = None) -> dic
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    if shutil.which("nvidia-smi") is None:  # DeepSpeed would guess the CPU, with a warning
+        env.setdefault("DS_ACCELERATOR", "cpu")
     if cfg.nproc_per_node > 1 and "OMP_NUM_THREADS" not in env:
         cores = os.cpu_count() or 1
         env["OMP_NUM_THREADS"] = str(max(1, cores // cfg.nproc_per_node))

@@ -48,15 +48,19 @@ def _error_files(work: Path) -> list[dict[str, Any]]:
 
 
 def _first_failure(errors: list[dict[str, Any]], output: str, code: int) -> tuple[int, int, str]:
-    """(rank, exit code, reason): from a rank's error file, else torchrun's summary (a rank
-    killed by a signal writes nothing), else the launcher's own exit code."""
+    """(rank, exit code, reason) of the first failure: torchrun's root cause (the other ranks
+    fail after it, when their peer disappears), with that rank's error file as the reason (a
+    rank killed by a signal writes none); else the first error file; else the exit code."""
+    _, cause, after = output.rpartition("Root Cause")
+    found = SUMMARY.findall(after if cause else output)
+    by_rank = {int(e["rank"]): e for e in errors}
+    if found:
+        rank, exit_code = int(found[0][0]), int(found[0][1])
+        if rank in by_rank:
+            return rank, exit_code, by_rank[rank].get("message", "")
+        return rank, exit_code, f"killed by signal {-exit_code}" if exit_code < 0 else ""
     if errors:
         return int(errors[0]["rank"]), code, errors[0].get("message", "")
-    found = SUMMARY.findall(output)
-    if found:
-        rank, exit_code = found[-1]  # torchrun prints the root cause last
-        signal = f"killed by signal {-int(exit_code)}" if int(exit_code) < 0 else ""
-        return int(rank), int(exit_code), signal
     return 0, code, ""
 
 

@@ -65,7 +65,7 @@ class RmStage:
             head=REWARD,
         )
         fine_tune(ctx, cfg, tokenizer, train, val, recipe=recipe)
-        if val is not None:
+        if val is not None and ctx.is_main:  # scores the artifact only rank 0 wrote
             ctx.metrics["eval_accuracy"] = pairwise_accuracy(ctx, val)
 
 

@@ -69,6 +69,8 @@ def _distributed_args(ctx: Context) -> dict[str, Any]:
     """DeepSpeed's config and the collective timeout, when a process launcher runs the stage;
     several processes without a GPU need `use_cpu`, or accelerate trains each on its own."""
     found: dict[str, Any] = {}
+    if ctx.world_size > 1:  # every trained parameter takes part in each step's loss
+        found["ddp_find_unused_parameters"] = False
     if ctx.world_size > 1 and not has_cuda():
         found["use_cpu"] = True
     if ctx.distributed.get("deepspeed"):

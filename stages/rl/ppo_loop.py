@@ -22,6 +22,7 @@ from torch import Tensor
 from stages.base import Context
 from stages.model.health import check_record, diverged, weights_finite
 from stages.model.training import keep_log_until
+from stages.rl import ppo_dist
 from stages.rl import ppo_math as pm
 from stages.rl.ppo_state import LoopState, load_checkpoint, save_checkpoint
 from stages.rl.rollout import (
@@ -194,6 +195,7 @@ def _apply(opts: Optimizers, actors: Actors, cfg: Any, train_actor: bool) -> Non
         pairs.append((actors.critic, opts.critic, opts.critic_schedule))
     for model, opt, schedule in pairs:
         params = [p for p in model.parameters() if p.requires_grad]
+        ppo_dist.average_gradients(params)  # several ranks: one update from all their rollouts
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -256,8 +258,9 @@ def ppo_step(
 ) -> dict[str, Any]:
     """One PPO step (state.step + 1): rollout, advantages, updates, KL controller; its record."""
     step = state.step + 1
-    seed_all(step_seed(cfg.seed, step))
-    indices = prompt_indices(step, len(data), prompts_per_step(cfg), cfg.seed)
+    seed_all(step_seed(cfg.seed, step) + ppo_dist.rank())  # each rank samples its own replies
+    every = prompt_indices(step, len(data), prompts_per_step(cfg) * ppo_dist.world(), cfg.seed)
+    indices = ppo_dist.my_share(every)
     rows = batch_rows(data, indices, cfg.num_generations)
     chunk = cfg.per_device_train_batch_size * cfg.num_generations
     seconds: dict[str, float] = {}
@@ -270,10 +273,11 @@ def ppo_step(
     train_actor = step > cfg.critic_warmup_steps
     stats = ppo_update(actors, opts, r, e, cfg, kl_coef, train_actor, generator)
     t2 = time.perf_counter()
-    state.kl.update(e.kl.mean().item(), r.mask.shape[0])
+    kl_now = ppo_dist.mean_over_ranks({"kl": e.kl.mean().item()}, ("kl",))["kl"]
+    state.kl.update(kl_now, r.mask.shape[0] * ppo_dist.world())
     state.step = step
     tokens = r.mask.sum().item()
-    return {
+    record = {
         "step": step,
         "reward_mean": e.reward.mean().item(),
         "reward_std": e.reward.std().item() if len(e.reward) > 1 else 0.0,
@@ -288,6 +292,11 @@ def ppo_step(
         "train_s": round(t2 - t1, 3),
         "learning_rate": opts.actor_schedule.get_last_lr()[0],
     }
+    return ppo_dist.mean_over_ranks(record, tuple(k for k in record if k not in NOT_AVERAGED))
+
+
+# per-step fields that are the same on every rank, or per-rank speeds (kept as rank 0's)
+NOT_AVERAGED = ("step", "kl_coef", "learning_rate", *TIMING)
 
 
 def run_loop(
@@ -304,23 +313,32 @@ def run_loop(
     ctx.work.mkdir(parents=True, exist_ok=True)
     if ctx.resume_from is not None:
         load_checkpoint(ctx.resume_from, actors, opts, state)
-        keep_log_until(ctx.work / LOG, state.step)
-    else:  # a fresh start: nothing a killed attempt logged still holds
+        if ctx.is_main:
+            keep_log_until(ctx.work / LOG, state.step)
+    elif ctx.is_main:  # a fresh start: nothing a killed attempt logged still holds
         (ctx.work / LOG).unlink(missing_ok=True)
-    writer = _tensorboard(ctx, cfg)
+    writer = _tensorboard(ctx, cfg) if ctx.is_main else None
     chunk = cfg.per_device_train_batch_size
-    if val is not None and state.step == 0:  # the held-out baseline, before any update
+    if val is not None and state.step == 0 and ctx.is_main:  # held-out baseline, no update yet
         _log(
             ctx,
             cfg,
             {"step": 0, "eval_reward_mean": evaluate(actors, val, sampling, chunk, device)},
             writer,
         )
-    bar = tqdm(range(state.step, steps), initial=state.step, total=steps, desc=f"ppo {ctx.name}")
+    bar = tqdm(
+        range(state.step, steps),
+        initial=state.step,
+        total=steps,
+        desc=f"ppo {ctx.name}",
+        disable=not ctx.is_main,
+    )
     for _ in bar:
         record = ppo_step(actors, opts, state, data, cfg, sampling, device)
         _check_health(ctx, cfg, actors, record)
         saving = cfg.save_steps > 0 and state.step % cfg.save_steps == 0
+        if not ctx.is_main:  # the others hold the same weights and statistics
+            continue
         if val is not None and (saving or state.step == steps):
             record["eval_reward_mean"] = evaluate(actors, val, sampling, chunk, device)
         _log(ctx, cfg, record, writer)

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from stages.base import Context, UserError
+from stages.base import Context
 from stages.model import adapters
 from stages.model.loading import REWARD, load_model, merged, read_model_json, write_model_json
+from stages.rl import ppo_dist
 from stages.rl.ppo_loop import LOG, run_loop
 from stages.rl.reward_funcs import import_reward_funcs
 from stages.rl.rollout import Actors, Rewarder, Sampling
@@ -39,17 +40,13 @@ def setup(ctx: Context, cfg: Any) -> Setup:
     from stages.ppo import require_reward_source
 
     require_reward_source(cfg, ctx)
-    if ctx.world_size > 1:
-        raise UserError(
-            f"stages.{ctx.name}: ppo runs in one process on one device (its loop is not "
-            f"distributed yet), but the launcher started {ctx.world_size}: use launcher=inprocess "
-            "or nproc_per_node: 1"
-        )
+    ppo_dist.start(ctx.world_size, ctx.distributed.get("timeout_s"))
     tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
     stop_ids = tuple(stops or [tokenizer.eos_token_id])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx.metrics["gradient_checkpointing"] = checkpointing(cfg, ctx)
     actors, keys = build_actors(ctx, cfg, tokenizer, device, ctx.metrics["gradient_checkpointing"])
+    ppo_dist.same_start(actors.policy, actors.critic)
     sampling = Sampling(
         cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens, stop_ids, tokenizer.pad_token_id
     )
@@ -64,6 +61,9 @@ def train(ctx: Context, cfg: Any) -> None:
     t0 = time.time()
     s = setup(ctx, cfg)
     state = run_loop(ctx, cfg, s.actors, s.train, s.val, s.sampling, s.device)
+    ppo_dist.stop()
+    if not ctx.is_main:  # only rank 0 writes the artifact
+        return
     write_policy(ctx, cfg, s.actors.policy, s.tokenizer, s.sampling.stop_ids, s.keys["model"])
     if s.actors.critic is not None:
         write_critic(ctx, cfg, s.actors.critic, s.tokenizer, s.keys["critic"])
