@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 
 _LIVE: set[subprocess.Popen] = set()
@@ -37,25 +39,43 @@ def run_process(args: list[str], env: dict[str, str], prefix: str | None = None)
 
 def _pump(proc: subprocess.Popen, tail: deque[str], prefix: str | None) -> None:
     out = sys.stdout
+    labelled = Labelled(prefix) if prefix is not None else None
     pending = ""
     assert proc.stdout is not None
     while chunk := proc.stdout.read1(65536):  # type: ignore[attr-defined]
         text = chunk.decode("utf-8", "replace")
-        if prefix is None:
+        if labelled is None:
             out.write(text)
             out.flush()
         pending += text
-        *lines, pending = pending.replace("\r", "\n").split("\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            tail.append(line)
-            if prefix is not None:
-                out.write(f"[{prefix}] {line}\n")
-        if prefix is not None:
-            out.flush()
+        *pieces, pending = re.split(r"(?<=[\r\n])", pending)
+        for piece in pieces:
+            line = piece.rstrip("\r\n")
+            if line.strip():
+                tail.append(line)
+                if labelled is not None:
+                    labelled.show(line, redraw=piece.endswith("\r"))
     if pending.strip():
         tail.append(pending)
+
+
+class Labelled:
+    """One stage's output among several: each line with the stage's name in front; a progress
+    bar's redraws (ended by \r) at most every REDRAW_S seconds, so bars stay readable."""
+
+    REDRAW_S = 5.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last = 0.0
+
+    def show(self, line: str, redraw: bool) -> None:
+        now = time.monotonic()
+        if redraw and now - self.last < self.REDRAW_S:
+            return
+        self.last = now if redraw else self.last
+        sys.stdout.write(f"[{self.name}] {line.strip()}\n")
+        sys.stdout.flush()
 
 
 def stop_all(grace_s: float = 10.0) -> int:

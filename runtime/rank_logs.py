@@ -66,5 +66,5 @@ def tail(path: Path, lines: int = 20) -> str:
     if not path.exists():
         return ""
     text = path.read_bytes()[-65536:].decode("utf-8", "replace")
-    kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    kept = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
     return "\n".join([line for line in kept if line.strip()][-lines:])

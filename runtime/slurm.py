@@ -15,11 +15,12 @@ def submit(args: list[str], env: dict[str, str], cfg: Any, work: Path) -> tuple[
     """Submit, print where the job's logs are, wait; (exit code, tail of the job's output)."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=work / "slurm", cluster=cfg.cluster)
+    folder = work / "logs" / "slurm"  # kept with the ranks' logs once the stage commits
+    executor = submitit.AutoExecutor(folder=folder, cluster=cfg.cluster)
     params = {k: v for k, v in (cfg.slurm or {}).items() if v is not None}
     executor.update_parameters(nodes=cfg.nnodes, tasks_per_node=1, **params)
     job = executor.submit(run_job, args, env)
-    print(f"    submitted job {job.job_id} ({cfg.cluster}); logs in {work / 'slurm'}", flush=True)
+    print(f"    submitted job {job.job_id} ({cfg.cluster}); logs in {folder}", flush=True)
     try:
         code, tail = job.result()
     except Exception as e:  # noqa: BLE001 - the scheduler killed or lost the job

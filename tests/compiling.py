@@ -21,3 +21,12 @@ def compile_issues(datasets: dict, stages: dict) -> list[str]:
     except CompileError as e:
         return sorted(str(i) for i in e.issues)
     return []
+
+
+def compile_overrides(*overrides: str):  # noqa: ANN201 - a compiler.compile.Compiled
+    """Compose the shipped config with command-line overrides (as `run` does) and compile it."""
+    from compiler.compile import compile_pipeline
+    from compiler.digests import DigestCache
+    from pipelines.preview import compose
+
+    return compile_pipeline(compose(list(overrides)), Path.cwd(), DigestCache())

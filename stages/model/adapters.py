@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stages.model.portable import stable_adapter_config
+
 LOFTQ_BASE = "loftq_base"  # LoftQ rewrites the base weights: the artifact keeps its own copy
 
 
@@ -179,6 +181,7 @@ def save_trained(model: Any, out: Path, cfg: Any, work: Path, state: Any = None)
         )
     else:
         model.save_pretrained(str(out), **only)
+    stable_adapter_config(out)
     generation = getattr(model.get_base_model(), "generation_config", None) if lora else None
     if generation is not None:  # an adapter's save leaves the generation config out
         generation.save_pretrained(str(out))

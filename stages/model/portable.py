@@ -36,3 +36,15 @@ def portable_adapter(out: Path, upstream: Path) -> None:
     data = json.loads(config.read_text())
     data["base_model_name_or_path"] = name
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def stable_adapter_config(out: Path) -> None:
+    """PEFT keeps target_modules as a set and writes it in hash order, which changes from one
+    process to the next: sort it, so the same adapter is the same bytes (and digest)."""
+    config = Path(out) / ADAPTER_CONFIG
+    if not config.exists():
+        return
+    data = json.loads(config.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
