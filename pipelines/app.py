@@ -138,6 +138,9 @@ def run_hydra(verb: str, args: list[str]) -> int:
 
         if isinstance(e, (HydraException, OmegaConfBaseException)):  # before OSError: Hydra's
             return _report(hydra_message(e), e)  # missing-config error is also an IOError
+        if _from_sweep_launcher(e):  # e.g. the SLURM launcher where there is no SLURM
+            fix = "hydra/launcher=cluster needs a SLURM login node; local_parallel runs jobs here"
+            return _report(f"the multirun launcher failed: {e} ({fix})", e)
         if isinstance(e, OSError):  # Hydra's run dir (in the store) could not be written
             fix = "make it writable, or choose another store with store=... or PIPELINES_STORE"
             return _report(CompileError([Issue("store", _unwritable(e), fix)]).render(), e)
@@ -149,6 +152,12 @@ def run_hydra(verb: str, args: list[str]) -> int:
         if text:  # None when every job was rejected before it ran
             print(text)
     return int(_state["exit"])
+
+
+def _from_sweep_launcher(e: BaseException) -> bool:
+    """Raised inside a Hydra launcher plugin (joblib, submitit) rather than by a job."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return any("hydra_plugins" in f.filename or "/submitit/" in f.filename for f in frames)
 
 
 def _unwritable(e: OSError) -> str:

@@ -44,8 +44,23 @@ def plan_lines(
             out.append("    " + lengths)
         if getattr(s.node.config, "trust_remote_code", False):
             out.append("    trust_remote_code on: the model repository's own Python code will run")
-        out.extend("    " + line for line in memory_lines(graph, s.node, find, launcher))
+        own = getattr(s.node, "launcher", None) or launcher  # a stage's launcher, else the run's
+        if own is not None and getattr(s.node.stage, "distributed", False):
+            out.append("    " + launch_line(own))
+        out.extend("    " + line for line in memory_lines(graph, s.node, find, own))
     return out
+
+
+def launch_line(cfg: Any) -> str:
+    """How a training stage will start: its launcher and processes (and ZeRO)."""
+    procs = cfg.nproc_per_node * cfg.nnodes
+    where = f" on {cfg.nnodes} nodes" if cfg.nnodes > 1 else ""
+    zero = (
+        f", ZeRO-{cfg.zero_stage}{' offload' if cfg.offload else ''}"
+        if cfg.name == "deepspeed"
+        else ""
+    )
+    return f"launcher {cfg.name}: {procs} process{'es' if procs > 1 else ''}{where}{zero}"
 
 
 def _lengths(artifact: Path | None) -> str | None:

@@ -315,7 +315,7 @@ def _spec(
 
 def _memory(node: Node, compiled: Compiled, store: Store) -> dict[str, float]:
     """What a training stage needs to decide `gradient_checkpointing: auto` where it runs."""
-    launcher = compiled.spec.launcher
+    launcher = node.launcher or compiled.spec.launcher
     without = memory_without_checkpointing(compiled.graph, node.name, store.find, launcher)
     if without is None:
         return {}

@@ -102,6 +102,14 @@ def check_launchers(nodes: list[Node], pipeline: LauncherConfig) -> None:
         cfg = node.launcher or pipeline
         if node.launcher is not None:
             issues += launcher_issues(cfg, f"{node.path}.launcher")
+        if cfg.name == "deepspeed" and not getattr(node.stage, "deepspeed", True):
+            issues.append(
+                Issue(
+                    f"{node.path}.launcher.name",
+                    f"{node.kind} trains with its own loop, which DeepSpeed does not drive",
+                    f"run it under torchrun: {node.path}.launcher={{name:torchrun}}",
+                )
+            )
         if pipeline.gpus and cfg.name != "inprocess" and cfg.nproc_per_node > pool:
             issues.append(
                 Issue(

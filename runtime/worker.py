@@ -119,8 +119,10 @@ def main(spec_path: Path) -> int:
     error_path(work, rank).unlink(missing_ok=True)
     rank_logs.capture(work, rank, echo=rank == 0)
     _use_local_device()
+    timeout_s = (spec.get("distributed") or {}).get("timeout_s")
     code, error = 0, None
     try:
+        _join_process_group(timeout_s)
         run_spec(spec_path)
     except UserError as e:
         code, error = USER_ERROR, {"kind": "user", "message": str(e)}
@@ -128,13 +130,40 @@ def main(spec_path: Path) -> int:
         import traceback
 
         traceback.print_exc()
-        code, error = CRASH, {"kind": "crash", "message": f"{type(e).__name__}: {e}"}
+        message = f"{type(e).__name__}: {e}"
+        if any(sign in str(e) for sign in TIMED_OUT):
+            message = (
+                f"a collective waited longer than launcher.timeout_s={timeout_s}s: another rank "
+                f"stopped or is far slower (every rank's log is in {work / 'logs'})"
+            )
+        code, error = CRASH, {"kind": "crash", "message": message}
     if error is not None:
         path = error_path(work, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"rank": rank, **error}))
     rank_logs.finish()
     return code
+
+
+# how gloo and NCCL say a collective ran past the process group's timeout
+TIMED_OUT = ("Timed out waiting", "Watchdog caught collective operation timeout")
+
+
+def _join_process_group(timeout_s: float | None) -> None:
+    """Several ranks: form the process group here, with the launcher's timeout, so a stuck
+    collective fails instead of hanging (the Trainer passes no timeout on CPU); the Trainer,
+    DeepSpeed and our PPO loop then use this group."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s or 1800))
 
 
 def _use_local_device() -> None:

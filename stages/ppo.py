@@ -107,7 +107,8 @@ class PpoStage:
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     path_fields: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = "reward_mean"
-    distributed: ClassVar[bool] = True  # runs under torchrun / DeepSpeed
+    distributed: ClassVar[bool] = True  # runs under torchrun (data-parallel: stages/rl/ppo_dist.py)
+    deepspeed: ClassVar[bool] = False  # its own loop: ZeRO is for the Trainer-based stages
 
     @staticmethod
     def check_config(cfg: PpoConfig) -> list[tuple[str, str]]:

@@ -149,9 +149,10 @@ def test_two_nodes_as_two_torchrun_agents_on_localhost(tmp_path: Path) -> None:
 
 
 # Loaded by every Python process that has tmp_path on its path; acts only in rank KILL_RANK
-# of a torchrun-started worker: SIGKILL at its KILL_AT-th training step, once (the marker file).
+# of a torchrun-started worker: at its KILL_AT-th training step, once (the marker file), it is
+# killed by SIGKILL or (HANG=1) stops answering its peers for a minute.
 KILLER = """
-import os, signal
+import os, signal, time
 if "LOCAL_RANK" in os.environ and os.environ.get("RANK") == os.environ.get("KILL_RANK"):
     marker = os.environ["KILL_MARKER"]
     if not os.path.exists(marker):
@@ -161,6 +162,8 @@ if "LOCAL_RANK" in os.environ and os.environ.get("RANK") == os.environ.get("KILL
             seen["n"] += 1
             if seen["n"] == int(os.environ["KILL_AT"]):
                 open(marker, "w").close()
+                if os.environ.get("HANG"):
+                    time.sleep(60)
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(model)
         health.weights_finite = finite
@@ -207,6 +210,16 @@ def test_with_max_restarts_torchrun_restarts_the_ranks_and_they_resume(tmp_path:
 def _log_lines(store: Path) -> list[str]:
     log = artifact(store, "sft") / "train_log.jsonl"
     return [line for line in log.read_text().splitlines() if '"loss"' in line]
+
+
+def test_a_stuck_collective_fails_the_stage_after_the_timeout(tmp_path: Path) -> None:
+    env = {**killer_env(tmp_path), "HANG": "1"}
+    result = pipelines("run", *KILLED, "launcher.timeout_s=5", cwd=tmp_path, env=env, timeout=50)
+    assert result.returncode == 1  # long before the hung rank would have woken up
+    assert (
+        "sft failed: rank 0 failed with exit code 1: a collective waited longer than "
+        "launcher.timeout_s=5s: another rank stopped or is far slower"
+    ) in result.stderr
 
 
 def test_a_user_error_in_a_rank_comes_back_as_its_one_line(tmp_path: Path) -> None:
