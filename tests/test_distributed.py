@@ -232,3 +232,15 @@ def test_a_user_error_in_a_rank_comes_back_as_its_one_line(tmp_path: Path) -> No
         in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.gpu
+def test_on_two_gpus_nccl_bf16_and_zero3_train(tmp_path: Path) -> None:
+    """Where two GPUs are visible: NCCL, bf16 and ZeRO-3 on CUDA (skipped without them)."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    args = ["launcher=deepspeed", "launcher.zero_stage=3", "stages.sft.precision=bf16"]
+    ok(pipelines("run", *SFT, *args, cwd=tmp_path))
+    assert len(losses(tmp_path / "store")) == 4
