@@ -70,3 +70,36 @@ def test_function_calls_are_trained_and_observations_masked() -> None:
     trained = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
     assert CALL in trained and "It is 21 degrees in Paris." in trained
     assert '{"celsius": 21}' not in trained and "get_weather" not in trained.split(CALL)[0]
+
+
+def rendered(template: str) -> str:
+    tokenizer = build_tokenizer()
+    apply_template(tokenizer, template, None)
+    ex = example()
+    return render(tokenizer, ex.messages, tools=ex.tools)
+
+
+def test_llama3_puts_the_tools_in_the_first_user_turn() -> None:
+    text = rendered("llama3")
+    user = text.split("<|start_header_id|>user<|end_header_id|>\n\n", 1)[1].split("<|eot_id|>")[0]
+    assert user.startswith("Given the following functions")
+    assert user.endswith("What is the weather in Paris?")
+    assert all(json.dumps(tool) in user for tool in TOOLS)
+    assert "<|start_header_id|>system" not in text  # no system prompt made up for them
+
+
+def test_mistral_lists_the_tools_in_an_available_tools_block_before_the_user_turn() -> None:
+    text = rendered("mistral")
+    block = [{"type": "function", "function": tool} for tool in TOOLS]
+    assert text.startswith(f"<s>[AVAILABLE_TOOLS] {json.dumps(block)}[/AVAILABLE_TOOLS][INST] ")
+
+
+@pytest.mark.parametrize("template", ["llama3", "mistral", "gemma", "phi"])
+def test_every_family_trains_the_calls_and_masks_the_tools(template: str) -> None:
+    tokenizer = build_tokenizer()
+    apply_template(tokenizer, template, None)
+    ex = example()
+    ids, labels = encode(tokenizer, ex.messages, tools=ex.tools)
+    trained = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+    assert CALL in trained and "It is 21 degrees in Paris." in trained
+    assert "get_weather" not in trained.replace(CALL, "")  # the schemas are prompt, not target

@@ -15,8 +15,19 @@ from stages.base import UserError
 SLOTS = ("system", "user", "assistant", "tool", "generation", "prefix", "default_system")
 # `custom_template` may also list `stop_words`: where generation stops besides eos
 
-# Tool schemas (a `tools` column) join the system prompt of every slot template, in the form
-# Qwen2.5 and Hermes-style function-calling models are trained on
+# Tool schemas (a `tools` column) reach the prompt where each model family was trained to see
+# them: by default in the system prompt, in the form Qwen2.5 and Hermes-style function-calling
+# models know; Llama 3.1+ in the first user message; Mistral in an [AVAILABLE_TOOLS] block before
+# a user turn (Mistral's own template: the last one; here the first, so that every prefix of a
+# conversation renders as the start of the whole, which the label masks are computed from).
+TOOL_STYLES = ("system", "first_user", "before_first_user")
+TOOL_STYLE = {"llama3": "first_user", "mistral": "before_first_user"}
+LLAMA3_TOOLS_HEAD = (
+    "Given the following functions, please respond with a JSON for a function call with its "
+    "proper arguments that best answers the given prompt.\n\nRespond in the format "
+    '{"name": function name, "parameters": dictionary of argument name and its value}. '
+    "Do not use variables.\n\n"
+)
 TOOLS_HEAD = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
@@ -27,13 +38,15 @@ TOOLS_TAIL = (
 )
 
 
-def from_slots(s: dict[str, str]) -> str:
+def from_slots(s: dict[str, str], tools: str = "system") -> str:
     """A jinja chat template from slot strings (system / user / assistant / tool / generation /
     prefix / default_system). A system slot left empty folds the system text into the first
-    user turn, as llama2 and gemma do."""
+    user turn, as llama2 and gemma do. `tools` is where tool schemas go (TOOL_STYLES)."""
     unknown = set(s) - set(SLOTS)
     if unknown:
         raise UserError(f"template: unknown slots {sorted(unknown)} (slots: {', '.join(SLOTS)})")
+    if tools not in TOOL_STYLES:
+        raise UserError(f"template: tool style '{tools}' is not one of {', '.join(TOOL_STYLES)}")
 
     def slot(name: str, var: str) -> str:
         text = s.get(name, "{content}")
@@ -47,8 +60,7 @@ def from_slots(s: dict[str, str]) -> str:
         "{% set sys = messages[0]['content'] if messages and messages[0]['role'] == 'system' "
         f"else {default!r} %}}",
         "{% set msgs = messages[1:] if messages and messages[0]['role'] == 'system' else messages %}",
-        "{% if tools %}{% set sys = (sys + '\\n\\n' if sys else '') + "
-        f"{TOOLS_HEAD!r} + (tools | map('tojson') | join('\\n')) + {TOOLS_TAIL!r} %}}{{% endif %}}",
+        *_tool_lines(tools),
     ]
     if system:
         lines.append("{% if sys %}" + slot("system", "sys") + "{% endif %}")
@@ -56,6 +68,8 @@ def from_slots(s: dict[str, str]) -> str:
         "{% for m in msgs %}",
         "{% set c = (sys + '\\n\\n' + m['content']) if (loop.first and sys and "
         f"{not system!r} and m['role'] == 'user') else m['content'] %}}",
+        "{% if tools and loop.index0 == ns.first %}{% set c = tools_user + c %}"
+        "{{ tools_before }}{% endif %}",
         "{% if m['role'] == 'user' %}" + slot("user", "c"),
         "{% elif m['role'] == 'assistant' %}" + slot("assistant", "c"),
         "{% else %}" + slot("tool", "c") + "{% endif %}",
@@ -63,6 +77,38 @@ def from_slots(s: dict[str, str]) -> str:
         "{% if add_generation_prompt %}{{ " + repr(s.get("generation", "")) + " }}{% endif %}",
     ]
     return "".join(lines)
+
+
+def _tool_lines(style: str) -> list[str]:
+    """Jinja that places `tools` for `style`: into `sys`, or as `tools_user` (prepended to the
+    first user turn) or `tools_before` (emitted before the first user turn)."""
+    each = "(tools | map('tojson') | join('\\n'))"
+    lines = [
+        "{% set tools_user, tools_before = '', '' %}",
+        "{% set ns = namespace(first=-1) %}",
+        "{% for m in msgs %}{% if m['role'] == 'user' and ns.first < 0 %}"
+        "{% set ns.first = loop.index0 %}{% endif %}{% endfor %}",
+    ]
+    if style == "system":
+        lines.append(
+            "{% if tools %}{% set sys = (sys + '\\n\\n' if sys else '') + "
+            f"{TOOLS_HEAD!r} + {each} + {TOOLS_TAIL!r} %}}{{% endif %}}"
+        )
+    elif style == "first_user":
+        lines.append(
+            "{% if tools %}{% set tools_user = "
+            f"{LLAMA3_TOOLS_HEAD!r} + (tools | map('tojson') | join('\\n\\n')) + '\\n\\n' %}}"
+            "{% endif %}"
+        )
+    else:
+        wrapped = "{'type': 'function', 'function': t}"
+        lines.append(
+            "{% if tools %}{% set ns2 = namespace(items=[]) %}{% for t in tools %}"
+            f"{{% set ns2.items = ns2.items + [({wrapped} if 'name' in t else t) | tojson] %}}"
+            "{% endfor %}{% set tools_before = '[AVAILABLE_TOOLS] [' + "
+            "(ns2.items | join(', ')) + '][/AVAILABLE_TOOLS]' %}{% endif %}"
+        )
+    return lines
 
 
 NAMED: dict[str, dict[str, str]] = {
@@ -162,7 +208,7 @@ def apply_template(
             raise UserError(
                 f"template: unknown template '{name}' (one of: {', '.join(sorted(NAMED))})"
             )
-        tokenizer.chat_template = from_slots(NAMED[name])
+        tokenizer.chat_template = from_slots(NAMED[name], TOOL_STYLE.get(name, "system"))
         stop = STOP_WORDS.get(name, [])
     if not tokenizer.chat_template:
         raise UserError(
