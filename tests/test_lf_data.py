@@ -107,3 +107,32 @@ def test_pt_trains_on_lf_text_corpora_and_fields_are_amended_from_the_command_li
     (blocks,) = (lf / "store" / "artifacts" / "blocks").iterdir()
     metrics = json.loads((blocks / "manifest.json").read_text())["metrics"]
     assert metrics["documents"] == 40 + 5  # all of c4_demo, and wiki_demo cut to 5 lines
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".arrow", ".jsonl"])
+def test_a_pt_corpus_is_told_from_its_columns_in_every_file_format(
+    tmp_path: Path, suffix: str
+) -> None:
+    """LF declares a pre-training corpus by `columns: {prompt: text}` alone, in any format."""
+    from datasets import Dataset
+
+    from stages.data.shapes import SUPERVISED, TEXT, entry_shape
+
+    def write(name: str, rows: dict[str, list[str]]) -> dict:
+        path = tmp_path / f"{name}{suffix}"
+        data = Dataset.from_dict(rows)
+        if suffix == ".csv":
+            data.to_csv(str(path), index=False)
+        elif suffix == ".parquet":
+            data.to_parquet(str(path))
+        elif suffix == ".jsonl":
+            data.to_json(str(path), lines=True)
+        else:
+            data.save_to_disk(str(tmp_path / name))
+            (path,) = (tmp_path / name).glob("*.arrow")
+        return {"path": str(path), "columns": {"prompt": "text"}}
+
+    corpus = write("corpus", {"text": ["one document", "another"]})
+    pairs = write("pairs", {"text": ["2+2?"], "output": ["4"]})
+    assert entry_shape(corpus) == TEXT
+    assert entry_shape(pairs) == SUPERVISED

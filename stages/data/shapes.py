@@ -45,8 +45,32 @@ def _plain_text(entry: dict[str, Any]) -> bool:
     columns = entry.get("columns") or {}
     if set(columns) != {"prompt"}:  # LLaMA-Factory's pt entries map the document column alone
         return False
+    names = _column_names(path)
+    return names is not None and columns["prompt"] in names and "output" not in names
+
+
+def _column_names(path: Path) -> set[str] | None:
+    """The columns of a local data file, read cheaply (a CSV header, a Parquet or Arrow
+    schema, a JSON file's first row); None when they cannot be told here."""
+    try:
+        if path.suffix == ".csv":
+            import csv
+
+            with path.open(encoding="utf-8", newline="") as f:
+                return set(next(csv.reader(f), []))
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        if path.suffix == ".arrow":
+            import pyarrow as pa
+
+            with pa.memory_map(str(path)) as source:
+                return set(pa.ipc.open_stream(source).schema.names)
+    except (OSError, ValueError, ImportError):  # unreadable here: the stage reports it
+        return None
     row = _first_row(path)
-    return row is not None and columns["prompt"] in row and "output" not in row
+    return set(row) if row is not None else None
 
 
 def _first_row(path: Path) -> dict[str, Any] | None:
