@@ -58,94 +58,84 @@ def execute(
     returns one Outcome per node, in the plan's order. Independent nodes run at the same time
     when `launcher.slots` allows (runtime/slots.py); a failed branch never stops another."""
     steps = plan(compiled.graph, store, forced)
-    slots = Slots(compiled.spec.launcher)
-    outcomes: dict[str, Outcome] = {}
     record["stages"] = {}
+    run = _Schedule(compiled, store, launcher, record, forced, len(steps))
     waiting = list(enumerate(steps, 1))
-    running: dict[Future, tuple[Node, Grant]] = {}
-    with ThreadPoolExecutor(max_workers=slots.size) as pool:
+    with ThreadPoolExecutor(max_workers=run.slots.size) as pool:
         try:
-            while waiting or running:
-                waiting = _start_ready(
-                    waiting,
-                    running,
-                    outcomes,
-                    compiled,
-                    store,
-                    launcher,
-                    record,
-                    forced,
-                    slots,
-                    pool,
-                    len(steps),
-                )
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+            while waiting or run.running:
+                waiting = [(i, s) for i, s in waiting if not run.settle_or_start(i, s, pool)]
+                if run.running:
+                    done, _ = wait(run.running, return_when=FIRST_COMPLETED)
                     for future in done:
-                        node, grant = running.pop(future)
-                        slots.release(grant)
-                        _finish(node, future.result(), outcomes, store, record)
+                        run.finished(future)
         except KeyboardInterrupt:
             stopped = stop_all()
             if stopped:
                 print(f"stopped {stopped} running stage process group(s)", file=sys.stderr)
             raise
-    return [outcomes[s.node.name] for s in steps]
+    return [run.outcomes[s.node.name] for s in steps]
 
 
-def _start_ready(
-    waiting: list[tuple[int, Step]],
-    running: dict[Future, tuple[Node, Grant]],
-    outcomes: dict[str, Outcome],
-    compiled: Compiled,
-    store: Store,
-    launcher: Launcher,
-    record: dict,
-    forced: frozenset[str],
-    slots: Slots,
-    pool: ThreadPoolExecutor,
-    total: int,
-) -> list[tuple[int, Step]]:
-    """Settle or start every waiting node whose inputs are done, in plan order; returns the
-    nodes still waiting."""
-    still = []
-    for i, step in waiting:
+class _Schedule:
+    """One execution's state: outcomes so far, the stages running and the slots they hold.
+    Only the main thread changes it (worker threads run `_run_locked` and return an Outcome)."""
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        store: Store,
+        launcher: Launcher,
+        record: dict,
+        forced: frozenset[str],
+        total: int,
+    ) -> None:
+        self.compiled, self.store, self.launcher = compiled, store, launcher
+        self.record, self.forced, self.total = record, forced, total
+        self.slots = Slots(compiled.spec.launcher)
+        self.outcomes: dict[str, Outcome] = {}
+        self.running: dict[Future, tuple[Node, Grant]] = {}
+
+    def settle_or_start(self, i: int, step: Step, pool: ThreadPoolExecutor) -> bool:
+        """Settle a node whose inputs are done (skipped, cached) or start it when a slot is
+        free; False when it must keep waiting."""
         node = step.node
-        ups = list(compiled.graph.predecessors(node.name))
-        if any(u not in outcomes for u in ups):
-            still.append((i, step))
-            continue
-        failed_up = [u for u in ups if outcomes[u].status in (FAILED, SKIPPED)]
+        ups = list(self.compiled.graph.predecessors(node.name))
+        if any(u not in self.outcomes for u in ups):
+            return False
+        failed_up = [u for u in ups if self.outcomes[u].status in (FAILED, SKIPPED)]
         if failed_up:
             error = f"upstream {failed_up[0]} failed"
-            out = Outcome(node.name, node.kind, node.key, SKIPPED, error=error)
-            _finish(node, out, outcomes, store, record)
-        elif step.status == CACHED:
-            _finish(node, _cached(node, store), outcomes, store, record)
-        else:
-            chosen = launcher_for(node, launcher, slots)
-            grant = slots.take(node, chosen)
-            if grant is None:
-                still.append((i, step))
-                continue
-            print(f"[{i}/{total}] {node.name}: {step.describe()}", flush=True)
-            record["stages"][node.name] = {"key": node.key, "status": "running"}
-            save_record(store, record)  # its work dir is named by a record while it runs
-            run = slots.bind(grant, chosen, node.name)
-            args = (node, compiled, store, run, record["id"], node.name in forced)
-            running[pool.submit(slots.guarded, grant, _run_locked, *args)] = (node, grant)
-    return still
+            self.finish(node, Outcome(node.name, node.kind, node.key, SKIPPED, error=error))
+            return True
+        if step.status == CACHED:
+            self.finish(node, _cached(node, self.store))
+            return True
+        chosen = launcher_for(node, self.launcher, self.slots)
+        grant = self.slots.take(chosen)
+        if grant is None:
+            return False
+        print(f"[{i}/{self.total}] {node.name}: {step.describe()}", flush=True)
+        self.record["stages"][node.name] = {"key": node.key, "status": "running"}
+        save_record(self.store, self.record)  # its work dir is named by a record while it runs
+        run = self.slots.bind(grant, chosen, node.name)
+        forced = node.name in self.forced
+        args = (node, self.compiled, self.store, run, self.record["id"], forced)
+        self.running[pool.submit(self.slots.guarded, grant, _run_locked, *args)] = (node, grant)
+        return True
 
+    def finished(self, future: Future) -> None:
+        node, grant = self.running.pop(future)
+        self.slots.release(grant)
+        self.finish(node, future.result())
 
-def _finish(
-    node: Node, out: Outcome, outcomes: dict[str, Outcome], store: Store, record: dict
-) -> None:
-    outcomes[node.name] = out
-    if out.status not in (FAILED, SKIPPED):
-        with contextlib.suppress(OSError):  # only `plan`'s reasons need it
-            store.remember_name(node.name, node.key, node.payload)
-    record["stages"][node.name] = _record_entry(out)
-    save_record(store, record)
+    def finish(self, node: Node, out: Outcome) -> None:
+        self.outcomes[node.name] = out
+        if out.status not in (FAILED, SKIPPED):
+            with contextlib.suppress(OSError):  # only `plan`'s reasons need it
+                self.store.remember_name(node.name, node.key, node.payload)
+        self.record["stages"][node.name] = _record_entry(out)
+        save_record(self.store, self.record)
 
 
 def save_record(store: Store, record: dict[str, Any]) -> Path | None:

@@ -37,7 +37,7 @@ class Slots:
         self.uses_gpus = bool(cfg.gpus)
         self.active = 0
 
-    def take(self, node: Node, launcher: Launcher) -> Grant | None:
+    def take(self, launcher: Launcher) -> Grant | None:
         """A grant when a slot (and the GPUs the stage asks for) are free, else None."""
         if self.active >= self.size:
             return None

@@ -78,15 +78,15 @@ def test_slots_give_each_running_stage_its_own_gpus_and_threads(
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     slots = Slots(LauncherConfig(name="torchrun", slots=2, gpus=[0, 1, 2, 3]))
     launcher = ProcessLauncher(LauncherConfig(name="torchrun", nproc_per_node=2))
-    first, second = slots.take(None, launcher), slots.take(None, launcher)  # type: ignore[arg-type]
+    first, second = slots.take(launcher), slots.take(launcher)
     assert (first.gpus, second.gpus) == ([0, 1], [2, 3])
-    assert slots.take(None, launcher) is None  # type: ignore[arg-type]
+    assert slots.take(launcher) is None
     bound = slots.bind(first, launcher, "sft")
     assert isinstance(bound, ProcessLauncher)
     assert bound.env == {"CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "4"}
     assert bound.prefix == "sft"  # several stages print at once: lines carry the name
     slots.release(first)
-    assert slots.take(None, launcher).gpus == [0, 1]  # type: ignore[arg-type, union-attr]
+    assert slots.take(launcher).gpus == [0, 1]  # type: ignore[union-attr]
 
 
 def test_shipped_deepspeed_configs_follow_zero_stage_and_offload() -> None:
