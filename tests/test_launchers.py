@@ -185,3 +185,27 @@ def test_torchrun_root_cause_names_the_rank_that_failed_first(tmp_path: Path) ->
         f"(log {tmp_path / 'logs' / 'rank-1.log'})"
     )
     assert tail == ["    step 3", "    loading"]  # progress redraws folded to their last state
+
+
+def test_a_multi_node_slurm_job_learns_its_node_rank_and_rendezvous_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitit = pytest.importorskip("submitit")  # the [distributed] extra
+    from runtime.slurm import node_args
+
+    class Job:  # what submitit tells the second node of a two-node allocation
+        hostnames = ["gpu-017", "gpu-018"]
+        node = 1
+
+    monkeypatch.setattr(submitit, "JobEnvironment", Job)
+    spec = spec_file(tmp_path)
+    cfg = LauncherConfig(name="slurm", nproc_per_node=8, nnodes=2)
+    assert node_args(argv(cfg, spec)) == [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "2", "--nproc-per-node", "8", "--max-restarts", "0",
+        "--node-rank", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "gpu-017:29500",
+        "--rdzv-id", "ab" * 16,
+        "-m", "runtime.worker", str(spec),
+    ]  # fmt: skip
+    one = LauncherConfig(name="slurm")
+    assert node_args(argv(one, spec)) == argv(one, spec)  # one node: a free local port
