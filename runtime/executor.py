@@ -121,7 +121,12 @@ class _Schedule:
         run = self.slots.bind(grant, chosen, node.name)
         forced = node.name in self.forced
         args = (node, self.compiled, self.store, run, self.record["id"], forced)
-        self.running[pool.submit(self.slots.guarded, grant, _run_locked, *args)] = (node, grant)
+        if grant.in_process:  # on the main thread: Ctrl-C reaches it, signal handlers work
+            out = _run_locked(*args)
+            self.slots.release(grant)
+            self.finish(node, out)
+        else:  # a thread waits on the stage's process group
+            self.running[pool.submit(_run_locked, *args)] = (node, grant)
         return True
 
     def finished(self, future: Future) -> None:

@@ -5,23 +5,19 @@ process-launched stage takes its `nproc_per_node` from (through CUDA_VISIBLE_DEV
 slot, stages run one after another exactly as the plan lists them. With several, each stage that
 trains runs in its own process group (a thread here only waits on it), its CPU threads shared
 out, its output lines labelled with its name. Stages that run in the orchestrator (data nodes,
-and anything on the `inprocess` launcher) take turns: torch's global state is per process.
+and anything on the `inprocess` launcher) run on its main thread, one at a time (torch's global
+state is per process, and Ctrl-C and signal handlers reach only the main thread).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from compiler.graph import Node
 from compiler.schema import LauncherConfig
 from runtime.launchers import InProcessLauncher, Launcher, ProcessLauncher, make_launcher
-
-_IN_PROCESS = threading.Lock()
 
 
 @dataclass
@@ -68,13 +64,6 @@ class Slots:
             env.setdefault("OMP_NUM_THREADS", str(per))
         prefix = name if self.size > 1 else None
         return dataclasses.replace(launcher, env=env, prefix=prefix)
-
-    @staticmethod
-    def guarded(grant: Grant, fn: Callable[..., Any], *args: Any) -> Any:
-        if not grant.in_process:
-            return fn(*args)
-        with _IN_PROCESS:
-            return fn(*args)
 
 
 def launcher_for(node: Node, default: Launcher, slots: Slots) -> Launcher:
