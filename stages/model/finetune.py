@@ -44,19 +44,26 @@ def fine_tune(
     """Train on `train` (validating on `val` when given) and write the model artifact to ctx.out;
     `stop_ids` end generation in the saved model (the template's end-of-turn tokens). Returns the
     trained model (LoRA: the PEFT model)."""
-    from stages.data.collate import collate
-    from stages.model import adapters
+    from transformers import set_seed
+
+    from stages.model import adapters, batching
+    from stages.model.compile import compile_layers, wanted
     from stages.model.loading import CAUSAL_LM, write_model_json
     from stages.model.optimizers import build_optimizer, missing_package
     from stages.model.plot import write_training_png
     from stages.model.portable import portable_adapter
     from stages.model.trainer import SparseLogitsTrainer
-    from stages.model.training import callbacks, checkpointing, read_log, training_args
+    from stages.model.training import (
+        callbacks,
+        checkpointing,
+        full_state_dict,
+        read_log,
+        training_args,
+    )
     from stages.model.training import train as train_and_record
 
-    recipe = recipe or Recipe(
-        collator=lambda tok: lambda rows: collate(rows, tok.pad_token_id or 0)
-    )
+    ours = recipe is None  # our trainer and collator (sft, pt), else a TRL trainer's recipe
+    recipe = recipe or Recipe()
     missing = missing_package(cfg)
     if missing:
         raise UserError(missing)
@@ -64,6 +71,7 @@ def fine_tune(
     ctx.metrics["gradient_checkpointing"] = cfg.gradient_checkpointing  # what `auto` chose
     upstream = ctx.inputs["model"]
     resolve = ctx.resolve or (lambda key: upstream)
+    set_seed(cfg.seed)  # new weights (LoRA A, a reward head) start the same in every run
     model, base_key = adapters.trainable_model(
         upstream, cfg, ctx.input_keys.get("model"), resolve, head=recipe.head
     )
@@ -79,21 +87,35 @@ def fine_tune(
         if cfg.loraplus_lr_ratio
         else build_optimizer(model, cfg, _step(ctx.resume_from))
     )
+    if ours:
+        collator = batching.collator(model, cfg, tokenizer, ctx.log)
+        compile_layers(model, cfg.torch_compile, ctx.log)
+    else:
+        collator = recipe.collator(tokenizer) if recipe.collator else None
+        trainer_name = getattr(recipe.trainer, "__name__", "its trainer")
+        if cfg.padding_free:
+            ctx.log.info("padding_free off: %s batches with its own collator", trainer_name)
+        if wanted(cfg.torch_compile):
+            ctx.log.info("torch_compile off: %s runs its model uncompiled", trainer_name)
     trainer = (recipe.trainer or SparseLogitsTrainer)(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=val,
-        data_collator=recipe.collator(tokenizer) if recipe.collator else None,
+        data_collator=collator,
         processing_class=tokenizer,  # counts non-padding tokens where there is no attention mask
         callbacks=callbacks(ctx, cfg, has_eval=has_eval),
         optimizers=(optimizer, None),
         **(recipe.extra(model) if recipe.extra else {}),
     )
     train_and_record(trainer, ctx)
+    batching.restore_attention(trainer.model, cfg)
     write_training_png(read_log(ctx.out), ctx.out / "loss.png")
     model = trainer.model
-    adapters.save_trained(model, ctx.out, cfg, ctx.work)
+    state = full_state_dict(trainer)  # ZeRO-3: every rank takes part in gathering the weights
+    if not ctx.is_main:  # only rank 0 writes the artifact
+        return model
+    adapters.save_trained(model, ctx.out, cfg, ctx.work, state)
     tokenizer.save_pretrained(ctx.out)
     head = recipe.head or CAUSAL_LM
     if cfg.finetuning_type == "lora":

@@ -16,6 +16,7 @@ METHODS = ("lora", "full", "freeze")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION = ("eager", "sdpa", "flash_attention_2")  # flash-attention-2 where it is installed
 CHECKPOINTING = (True, False, "auto")
+COMPILE = (True, False, "auto")
 GALORE_PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 # what a training stage's key covers besides its own module (paths relative to stages/)
 TRAINING_CODE = (
@@ -29,6 +30,9 @@ TRAINING_CODE = (
     "model/training.py",
     "model/health.py",
     "model/trainer.py",
+    "model/batching.py",
+    "model/segments.py",
+    "model/compile.py",
     "data/collate.py",
 )
 
@@ -102,6 +106,12 @@ class TrainConfig:
     # recorded, not keyed: these change speed or memory, not what is learned
     # (auto: on when the memory estimate without it exceeds the device)
     gradient_checkpointing: bool | str = volatile("auto", metadata={"choices": CHECKPOINTING})
+    # the batch's examples in one row, no padding computed (the padded batch's loss); off, or
+    # where the model or method cannot, batches are padded to their longest row
+    padding_free: bool = volatile(True)
+    # compile the decoder layers (auto: on CUDA; on CPU it measured no faster, stages/model/
+    # compile.py); the first steps take the compile time
+    torch_compile: bool | str = volatile(False, metadata={"choices": COMPILE})
     logging_steps: int = volatile(10, metadata={"min": 0})
     save_steps: int = volatile(50, metadata={"min": 0})
     save_total_limit: int | None = volatile(2, metadata={"min": 1})

@@ -39,9 +39,20 @@ class SparseLogitsTrainer(Trainer):
             loss = loss * self.accelerator.num_processes  # as the Trainer scales a model's loss
         return loss
 
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """Evaluation batches stay padded (a collator's `padded` form): the Trainer weights each
+        batch's mean loss by its number of rows, which a padding-free batch would change."""
+        collator = self.data_collator
+        self.data_collator = getattr(collator, "padded", collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
     def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
-        """Neat-packed batches carry no attention mask, and the Trainer would count tokens equal
-        to the pad id as padding (SmolLM2 pads with its end-of-turn token): count them here.
+        """Neat-packed and padding-free batches carry no attention mask, and the Trainer would
+        count tokens equal to the pad id as padding (SmolLM2 pads with its end-of-turn token):
+        count them here.
         (A transformers hook; were it renamed, the Trainer's own count applies.)"""
         neat = "position_ids" in inputs and "attention_mask" not in inputs
         if not neat or self.args.include_num_input_tokens_seen != "non_padding":
@@ -86,8 +97,9 @@ def sparse_loss(causal: Any, inputs: dict[str, Any], num_items_in_batch: Any = N
 
 
 def packed_tokens(inputs: dict[str, Any], pad_id: int) -> int:
-    """Real tokens of a neat-packed batch: a row's padding is its last segment (position ids
-    restart at 0) when that segment is all pad ids with no label; no real example is."""
+    """Real tokens of a neat-packed or padding-free batch: a row's padding is its last segment
+    (position ids restart at 0) when that segment is all pad ids with no label; no real example
+    is (and a padding-free row has no padding)."""
     total = 0
     for ids, pos, labels in zip(
         inputs["input_ids"], inputs["position_ids"], inputs["labels"], strict=True
