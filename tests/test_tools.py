@@ -103,3 +103,18 @@ def test_every_family_trains_the_calls_and_masks_the_tools(template: str) -> Non
     trained = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
     assert CALL in trained and "It is 21 degrees in Paris." in trained
     assert "get_weather" not in trained.replace(CALL, "")  # the schemas are prompt, not target
+
+
+@pytest.mark.parametrize(
+    ("template", "written"),
+    [
+        ("chatml", f"<tool_call>\n{CALL}\n</tool_call>"),  # Qwen2.5 / Hermes
+        ("llama3", CALL),  # Llama 3.1 answers with the JSON itself
+        ("mistral", f"[TOOL_CALLS] [{CALL}]"),
+    ],
+)
+def test_a_function_call_is_written_as_the_family_writes_one(template: str, written: str) -> None:
+    text = rendered(template)
+    assert written in text
+    if template == "chatml":  # what its tools prompt asks for, it is trained to answer with
+        assert "within <tool_call></tool_call> XML tags" in text

@@ -125,12 +125,13 @@ def _chat(row: dict[str, Any], spec: dict[str, Any], fmt: str, where: str) -> Ex
             raise UserError(
                 f"{where}: field '{name}.{tags['role_tag']}' must be one of {', '.join(roles)}"
             )
-        msgs.append(
-            {
-                "role": roles[turn[tags["role_tag"]]],
-                "content": _text(turn, tags["content_tag"], f"{where}: {name}"),
-            }
-        )
+        msg = {
+            "role": roles[turn[tags["role_tag"]]],
+            "content": _text(turn, tags["content_tag"], f"{where}: {name}"),
+        }
+        if turn[tags["role_tag"]] == tags["function_tag"]:
+            msg["tool_call"] = True  # an assistant turn that calls a tool: templates mark it
+        msgs.append(msg)
     if cols.get("system") and row.get(cols["system"]) and msgs[0]["role"] != SYSTEM:
         msgs.insert(0, {"role": SYSTEM, "content": str(row[cols["system"]])})
     example = Example(msgs, tools=str(row.get(cols.get("tools", ""), "") or ""))

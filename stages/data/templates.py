@@ -28,6 +28,13 @@ LLAMA3_TOOLS_HEAD = (
     '{"name": function name, "parameters": dictionary of argument name and its value}. '
     "Do not use variables.\n\n"
 )
+# a function_call turn (its content: the call's JSON) as each style's models write one
+TOOL_CALLS = {
+    "system": "{% if m.tool_call %}{% set c = '<tool_call>\\n' + c + '\\n</tool_call>' %}{% endif %}",
+    "first_user": "",  # Llama 3.1 answers with the call's JSON itself
+    "before_first_user": "{% if m.tool_call %}{% set c = '[TOOL_CALLS] ' + "
+    "(c if c.startswith('[') else '[' + c + ']') %}{% endif %}",
+}
 TOOLS_HEAD = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
@@ -71,7 +78,7 @@ def from_slots(s: dict[str, str], tools: str = "system") -> str:
         "{% if tools and loop.index0 == ns.first %}{% set c = tools_user + c %}"
         "{{ tools_before }}{% endif %}",
         "{% if m['role'] == 'user' %}" + slot("user", "c"),
-        "{% elif m['role'] == 'assistant' %}" + slot("assistant", "c"),
+        "{% elif m['role'] == 'assistant' %}" + TOOL_CALLS[tools] + slot("assistant", "c"),
         "{% else %}" + slot("tool", "c") + "{% endif %}",
         "{% endfor %}",
         "{% if add_generation_prompt %}{{ " + repr(s.get("generation", "")) + " }}{% endif %}",
