@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stages.base import MODEL, PT_DATA, Context, In, UserError, bounded
+from stages.data.artifact import save_splits
 from stages.data.config import BAD_ROWS
 from stages.data.mixing import STRATEGIES
 from stages.data.shapes import TEXT, refuse
@@ -33,6 +34,7 @@ class BlocksStage:
     inputs: ClassVar[dict[str, In]] = {"model": In(MODEL, default="base")}
     output: ClassVar[str] = PT_DATA
     code: ClassVar[tuple[str, ...]] = (
+        "data/artifact.py",
         "data/formats.py",
         "data/sources.py",
         "data/examples.py",
@@ -52,7 +54,6 @@ class BlocksStage:
         return refuse(entry, (TEXT,), "pt needs plain text (formatting: text)")
 
     def run(self, ctx: Context, cfg: BlocksConfig) -> None:
-        from datasets import Dataset
 
         from stages.data.encode import text_blocks
         from stages.data.mixing import mix
@@ -74,9 +75,7 @@ class BlocksStage:
                 f"dataset '{names}': fewer tokens than one block of cutoff_len {cfg.cutoff_len}"
             )
         train, val = split(blocks, cfg.val_size, cfg.seed)
-        Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
-        if val:
-            Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+        save_splits(ctx.out, train, val)
         ctx.metrics.update(
             blocks=len(train), validation=len(val), tokens=len(train) * cfg.cutoff_len, **counts
         )

@@ -13,6 +13,7 @@ from stages.data.lengths import Tally
 from stages.data.shapes import PREFERENCE, refuse
 
 CODE = ("data/config.py", "data/shapes.py", "data/build.py", "data/formats.py", "data/sources.py")
+CODE += ("data/artifact.py",)
 CODE += ("data/templates.py", "data/encode.py", "data/mixing.py", "data/examples.py")
 CODE += ("model/loading.py",)
 

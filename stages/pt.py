@@ -38,12 +38,9 @@ class PtStage:
         return check_training(cfg)
 
     def run(self, ctx: Context, cfg: PtConfig) -> None:
-        from datasets import load_from_disk
-
+        from stages.data.artifact import load_splits
         from stages.model.finetune import fine_tune
         from stages.model.loading import load_tokenizer
 
-        data = ctx.inputs["data"]
-        val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
-        train = load_from_disk(str(data / "train"))
+        train, val = load_splits(ctx.inputs["data"])
         fine_tune(ctx, cfg, load_tokenizer(ctx.inputs["model"]), train, val)

@@ -6,12 +6,12 @@ a rerun after a crash resumes from the latest complete one with optimizer, sched
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, forwarded_fields
+from stages.data.artifact import load_splits, read_stream, read_template
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.tokenize import TokenizeConfig
 
@@ -61,8 +61,8 @@ class SftStage:
         tokenizer = load_tokenizer(ctx.inputs["model"])
         data = ctx.inputs["data"]
         stops = None
-        if (data / "template.json").exists():  # train and serve with the same template
-            template = json.loads((data / "template.json").read_text())
+        template = read_template(data)
+        if template is not None:  # train and serve with the same template
             tokenizer.chat_template = template["chat_template"]
             stops = stop_token_ids(tokenizer, template["stop_words"])
         train, val = _datasets(data, tokenizer, cfg.seed)
@@ -79,15 +79,14 @@ _STREAM_NEEDS = {
 
 def _datasets(data: Path, tokenizer: Any, seed: int) -> tuple[Any, Any]:
     """(train, validation or None): tokenized on disk, or a stream tokenized as it is read."""
-    from datasets import IterableDataset, load_from_disk
+    from datasets import IterableDataset
 
     from stages.data.examples import stream
 
-    if (data / "stream.json").exists():
-        recipe = json.loads((data / "stream.json").read_text())
+    recipe = read_stream(data)
+    if recipe is not None:
         train = IterableDataset.from_generator(
             stream, gen_kwargs={"recipe": recipe, "tokenizer": tokenizer}
         )
         return train.shuffle(seed=seed, buffer_size=1000), None
-    val = load_from_disk(str(data / "validation")) if (data / "validation").exists() else None
-    return load_from_disk(str(data / "train")), val
+    return load_splits(data)

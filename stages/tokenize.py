@@ -3,12 +3,12 @@ fit to `cutoff_len`, optionally packed, split into train / validation."""
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from stages.base import MODEL, SFT_DATA, Context, In, UserError, volatile
+from stages.data.artifact import save_splits, save_stream, save_template
 from stages.data.config import ChatDataConfig
 from stages.data.shapes import SUPERVISED, refuse
 
@@ -30,6 +30,7 @@ class TokenizeStage:
     output: ClassVar[str] = SFT_DATA
     code: ClassVar[tuple[str, ...]] = (
         "data/config.py",
+        "data/artifact.py",
         "data/shapes.py",
         "data/formats.py",
         "data/sources.py",
@@ -50,7 +51,6 @@ class TokenizeStage:
         return refuse(entry, (SUPERVISED,), "sft needs supervised data")
 
     def run(self, ctx: Context, cfg: TokenizeConfig) -> None:
-        from datasets import Dataset
 
         from stages.data.encode import IGNORE
         from stages.data.lengths import Tally
@@ -60,12 +60,10 @@ class TokenizeStage:
         from stages.model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(ctx.inputs["model"])
-        template = apply_template(tokenizer, cfg.template, cfg.custom_template)
-        (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
-        (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
+        save_template(ctx.out, apply_template(tokenizer, cfg.template, cfg.custom_template))
         if cfg.streaming:  # the recipe only: training reads and tokenizes the rows as it goes
             recipe = {"datasets": ctx.datasets["dataset"], "options": _options(cfg)}
-            (ctx.out / "stream.json").write_text(json.dumps(recipe, indent=2))
+            save_stream(ctx.out, recipe)
             ctx.metrics.update(examples=0, streaming=True)
             return
         counts = Tally()
@@ -80,9 +78,7 @@ class TokenizeStage:
         lengths = [len(e["input_ids"]) for e in train]
         if cfg.packing or cfg.neat_packing:
             train = pack(train, cfg.cutoff_len, neat=cfg.neat_packing)
-        Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
-        if val:
-            Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+        save_splits(ctx.out, train, val)
         ctx.metrics.update(
             examples=len(examples) - len(val),
             validation=len(val),

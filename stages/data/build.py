@@ -3,12 +3,13 @@ dataset's usable rows, encode and fit them, mix, split, and save train / validat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stages.base import Context, UserError
+from stages.data import artifact
+from stages.data.artifact import save_splits, save_template
 from stages.data.config import ChatDataConfig
 from stages.data.formats import Example
 
@@ -21,7 +22,6 @@ def build_chat_data(
 ) -> dict[str, int]:
     """Write `train` (and `validation`) datasets and the template into ctx.out; returns counts
     (examples, validation, truncated, dropped, skipped) for the manifest."""
-    from datasets import Dataset
     from tqdm import tqdm
 
     from stages.data.examples import usable_examples
@@ -32,9 +32,7 @@ def build_chat_data(
     from stages.tokenize import split
 
     tokenizer = load_tokenizer(ctx.inputs["model"])
-    template = apply_template(tokenizer, cfg.template, cfg.custom_template)
-    (ctx.out / "template.json").write_text(json.dumps(template, indent=2))
-    (ctx.out / "chat_template.jinja").write_text(template["chat_template"])
+    save_template(ctx.out, apply_template(tokenizer, cfg.template, cfg.custom_template))
     counts = Tally()
     parts = []
     for entry in ctx.datasets["dataset"]:
@@ -55,21 +53,14 @@ def build_chat_data(
         names = ", ".join(e["name"] for e in ctx.datasets["dataset"])
         raise UserError(f"dataset '{names}': no usable examples (cutoff_len {cfg.cutoff_len}?)")
     train, val = split(examples, cfg.val_size, cfg.seed)
-    Dataset.from_list(train).save_to_disk(str(ctx.out / "train"))
-    if val:
-        Dataset.from_list(val).save_to_disk(str(ctx.out / "validation"))
+    save_splits(ctx.out, train, val)
     return {"examples": len(train), "validation": len(val), **counts.metrics(cfg.cutoff_len)}
 
 
 def load_splits(data: Any) -> tuple[Any, Any]:
-    """(train, validation or None) of a data artifact."""
-    from datasets import load_from_disk
-
-    def load(split: str) -> Any:  # in memory: a later .map must not write into the artifact
-        return load_from_disk(str(data / split), keep_in_memory=True)
-
-    val = load("validation") if (data / "validation").exists() else None
-    return load("train"), val
+    """(train, validation or None) of a chat-data artifact, in memory: the preference and RL
+    stages `.map` them, which must not write into the artifact."""
+    return artifact.load_splits(data, in_memory=True)
 
 
 def chat_tokenizer(model: Path, data: Path) -> tuple[Any, list[int] | None]:
@@ -81,8 +72,8 @@ def chat_tokenizer(model: Path, data: Path) -> tuple[Any, list[int] | None]:
 
     tokenizer = load_tokenizer(model)
     stops = None
-    if (data / "template.json").exists():
-        template = json.loads((data / "template.json").read_text())
+    template = artifact.read_template(data)
+    if template is not None:
         tokenizer.chat_template = template["chat_template"]
         stops = stop_token_ids(tokenizer, template["stop_words"])
     if tokenizer.pad_token_id is None:

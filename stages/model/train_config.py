@@ -34,6 +34,7 @@ TRAINING_CODE = (
     "model/segments.py",
     "model/compile.py",
     "data/collate.py",
+    "data/artifact.py",
 )
 
 
