@@ -18,7 +18,7 @@ import pytest
 from runtime.store import Store
 from tests.cli import ROOT, pipelines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # minutes: CI runs them after the default run
 
 ARGS = [
     "+pipeline=sft",

@@ -478,12 +478,3 @@ def test_resuming_from_a_checkpoint_takes_the_same_steps(
         assert {k: v for k, v in a.items() if k not in timing} == {
             k: v for k, v in b.items() if k not in timing
         }
-
-
-def test_ppo_refuses_to_run_in_several_processes(assets: Assets, tmp_path: Path) -> None:
-    from stages.base import UserError
-
-    ctx = context(assets, tmp_path / "out")
-    ctx.world_size = 2
-    with pytest.raises(UserError, match=r"^stages\.ppo: ppo runs in one process on one device"):
-        PpoStage().run(ctx, PpoConfig(**QUICK))  # type: ignore[arg-type]
