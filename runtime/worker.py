@@ -162,8 +162,14 @@ def _join_process_group(timeout_s: float | None) -> None:
 
     if dist.is_initialized():
         return
+    timeout = datetime.timedelta(seconds=timeout_s or 1800)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    # after a restart torchrun's store still holds the last attempt's addresses: a rank that
+    # read its peer's old one would fail to connect, so each attempt gets its own key space
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"pipelines/attempt-{attempt}", store)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s or 1800))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
 def _use_local_device() -> None:

@@ -78,7 +78,7 @@ def test_a_stage_runs_as_a_job_through_submitit(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_every_rank_and_says_how_to_resume(tmp_path: Path) -> None:
-    args = [*BRANCHES[:5], "stages.sft.max_steps=500", "launcher=torchrun"]
+    args = [*BRANCHES[:5], "stages.sft.max_steps=100000", "launcher=torchrun"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines", "run", *args],
