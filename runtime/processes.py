@@ -79,17 +79,34 @@ class Labelled:
 
 
 def stop_all(grace_s: float = 10.0) -> int:
-    """SIGTERM every live child group, SIGKILL what is left after `grace_s`; returns how many."""
+    """SIGTERM every live child group, SIGKILL what is left after `grace_s`; returns how many.
+    torchrun starts each rank in a session of its own, so the ranks are found as descendants
+    and killed too: an orphaned rank would hold our output pipe (and the run) open."""
     with _LOCK:
         procs = list(_LIVE)
+    family = {proc.pid: _descendants(proc.pid) for proc in procs}
     for proc in procs:
         _signal(proc, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
+            family[proc.pid] += _descendants(proc.pid)
             _signal(proc, signal.SIGKILL)
+    for pids in family.values():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
     return len(procs)
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
