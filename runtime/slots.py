@@ -75,37 +75,3 @@ def launcher_for(node: Node, default: Launcher, slots: Slots) -> Launcher:
     if slots.size > 1 and isinstance(chosen, InProcessLauncher):
         return ProcessLauncher(LauncherConfig(name="subprocess"))
     return chosen
-
-
-def check_launchers(nodes: list[Node], pipeline: LauncherConfig) -> None:
-    """Every launcher a run will use, checked before anything is written: one message listing
-    each problem (`stages.<name>.launcher.<field>` for a stage's own)."""
-    from compiler.errors import CompileError, Issue
-    from runtime.launchers import launcher_issues
-
-    issues = launcher_issues(pipeline, "launcher")
-    pool = len(pipeline.gpus or [])
-    for node in nodes:
-        if not getattr(node.stage, "distributed", False):
-            continue
-        cfg = node.launcher or pipeline
-        if node.launcher is not None:
-            issues += launcher_issues(cfg, f"{node.path}.launcher")
-        if cfg.name == "deepspeed" and not getattr(node.stage, "deepspeed", True):
-            issues.append(
-                Issue(
-                    f"{node.path}.launcher.name",
-                    f"{node.kind} trains with its own loop, which DeepSpeed does not drive",
-                    f"run it under torchrun: {node.path}.launcher={{name:torchrun}}",
-                )
-            )
-        if pipeline.gpus and cfg.name != "inprocess" and cfg.nproc_per_node > pool:
-            issues.append(
-                Issue(
-                    f"{node.path}.launcher.nproc_per_node",
-                    f"{cfg.nproc_per_node} processes, but launcher.gpus has {pool} GPU(s)",
-                    "list more GPUs in launcher.gpus, or lower nproc_per_node",
-                )
-            )
-    if issues:
-        raise CompileError(issues)

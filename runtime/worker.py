@@ -124,6 +124,7 @@ def main(spec_path: Path) -> int:
     try:
         _join_process_group(timeout_s)
         run_spec(spec_path)
+        _leave_process_group()
     except UserError as e:
         code, error = USER_ERROR, {"kind": "user", "message": str(e)}
     except BaseException as e:  # noqa: BLE001 - the orchestrator reports it; the log keeps the trace
@@ -170,6 +171,18 @@ def _join_process_group(timeout_s: float | None) -> None:
     store = dist.PrefixStore(f"pipelines/attempt-{attempt}", store)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def _leave_process_group() -> None:
+    """After a stage succeeds: wait until every rank is done (rank 0 may still be writing the
+    artifact), then close the group, rather than leaving it to teardown in a random order."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _use_local_device() -> None:

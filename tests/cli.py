@@ -12,13 +12,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def cli_env(cwd: Path) -> dict[str, str]:
+    """The environment of a CLI run in `cwd`: this checkout first, a store of its own."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(cwd / "store")}
+
+
+def start(*args: str, cwd: Path, **popen: object) -> subprocess.Popen:
+    """`python -m pipelines <args>` started in the background (stdout and stderr as given)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines", *args], cwd=cwd, env=cli_env(cwd), **popen
+    )  # type: ignore[call-overload]
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`result`, asserted successful (its output's tails in the failure message)."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def pipelines(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600):
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(cwd / "store")}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "pipelines", *args],
         cwd=cwd,
-        env=full_env,
+        env={**cli_env(cwd), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -32,14 +48,7 @@ def complete_checkpoints(store: Path) -> list[Path]:
 def run_until_first_checkpoint(*args: str, cwd: Path) -> int:
     """`run` in a subprocess, killed with SIGKILL once a complete checkpoint exists; returns
     its exit code (-SIGKILL unless it finished first)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(cwd / "store")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start("run", *args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not complete_checkpoints(cwd / "store") and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint appeared"

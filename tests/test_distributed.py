@@ -10,12 +10,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ROOT, pipelines
+from tests.cli import ROOT, ok, pipelines, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -37,11 +36,6 @@ def losses(store: Path, kind: str = "sft") -> list[float]:
 def artifact(store: Path, kind: str) -> Path:
     (path,) = (store / "artifacts" / kind).iterdir()
     return path
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def test_two_processes_reach_the_losses_of_one_with_the_same_global_batch(tmp_path: Path) -> None:
@@ -129,12 +123,12 @@ def test_two_nodes_as_two_torchrun_agents_on_localhost(tmp_path: Path) -> None:
     port = free_port()
     common = [*SFT, "launcher=torchrun", "launcher.nnodes=2", "launcher.nproc_per_node=1"]
     common.append(f"launcher.rdzv_endpoint=127.0.0.1:{port}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "run", *common, f"launcher.node_rank={rank}"],
+        start(
+            "run",
+            *common,
+            f"launcher.node_rank={rank}",
             cwd=tmp_path,
-            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -11,9 +11,16 @@ import pytest
 
 from compiler.errors import CompileError
 from compiler.schema import LauncherConfig
-from runtime.launchers import ProcessLauncher, argv, deepspeed_config, environment, make_launcher
+from runtime.launchers import (
+    ProcessLauncher,
+    argv,
+    check_launchers,
+    deepspeed_config,
+    environment,
+    make_launcher,
+)
 from runtime.rank_failure import RankFailure, failure
-from runtime.slots import Slots, check_launchers, launcher_for
+from runtime.slots import Slots, launcher_for
 from stages.base import UserError
 from tests.compiling import compile_overrides
 

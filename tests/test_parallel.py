@@ -6,17 +6,16 @@ every child process; the shipped Hydra launcher configs compose."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
-from tests.cli import ROOT, pipelines
+from tests.cli import ok, pipelines, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -37,11 +36,6 @@ def digests(store: Path) -> dict[str, dict[str, str]]:
         m = json.loads(manifest.read_text())
         out[m["key"]] = {k: str(v) for k, v in m["files"].items() if not k.startswith(LOGS)}
     return out
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def test_two_slots_run_independent_branches_into_the_same_artifacts(tmp_path: Path) -> None:
@@ -79,15 +73,7 @@ def test_a_stage_runs_as_a_job_through_submitit(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_rank_and_says_how_to_resume(tmp_path: Path) -> None:
     args = [*BRANCHES[:5], "stages.sft.max_steps=100000", "launcher=torchrun"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIPELINES_STORE": str(tmp_path / "store")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start("run", *args, cwd=tmp_path, stdout=PIPE, stderr=PIPE, text=True)
     deadline = time.time() + 300
     while not list((tmp_path / "store" / "work").glob("*/logs/rank-1.log")):
         assert time.time() < deadline and proc.poll() is None, "the ranks never started"
