@@ -137,9 +137,6 @@ def _stage_key(spec_path: Path) -> str:
     return str(json.loads(spec_path.read_text())["key"])[:32]
 
 
-PROCESS_LAUNCHERS = ("subprocess", "torchrun", "deepspeed", "slurm")
-
-
 def make_launcher(
     cfg: LauncherConfig, env: dict[str, str] | None = None, prefix: str | None = None
 ) -> Launcher:
