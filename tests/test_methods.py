@@ -277,3 +277,18 @@ def test_gradient_checkpointing_reaches_the_model(
     ctx, _ = train(prepared, tmp_path, finetuning_type="full", gradient_checkpointing=setting)
     assert TRAINED["model"].is_gradient_checkpointing is setting  # type: ignore[attr-defined]
     assert ctx.metrics["gradient_checkpointing"] is setting
+
+
+def test_bf16_trains_on_a_cpu(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    """`precision: bf16` without a GPU trains under bf16 autocast (transformers refuses bf16
+    on a CPU unless told so); the adapter's weights stay fp32."""
+    import torch
+
+    ctx, base = train(prepared, tmp_path, finetuning_type="lora", precision="bf16")
+    weights = state(ctx.out / "adapter_model.safetensors")
+    assert weights and {w.dtype for w in weights.values()} == {torch.float32}
+    from accelerate.utils import extract_model_from_parallel
+
+    # the trained model in memory still runs its forward under the Trainer's autocast
+    extract_model_from_parallel(TRAINED["model"], keep_fp32_wrapper=False)
+    assert_reload_matches(ctx, base)

@@ -101,6 +101,30 @@ def test_the_trainer_projects_only_trained_positions(model_dir: Path, tmp_path: 
     assert rows[-1] == inputs["input_ids"].shape[1]
 
 
+def test_mixed_precision_reaches_the_sparse_path(model_dir: Path, tmp_path: Path) -> None:
+    """bf16: the decoder's matmuls run under the Trainer's autocast, as in the model's own
+    forward (the sparse path calls the decoder directly, outside the prepared forward)."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from stages.model.trainer import SparseLogitsTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).train()
+    model.config.use_cache = False
+    dtypes: list[torch.dtype] = []
+    proj = model.model.layers[0].mlp.down_proj
+    proj.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=True)
+    trainer = SparseLogitsTrainer(model=model, args=args)
+    inputs = batch(False)
+    loss = trainer.compute_loss(model, dict(inputs))
+    assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        own = model(**inputs).loss.item()
+    assert loss.item() == pytest.approx(own, abs=1e-3)  # bf16 rounding of the logits
+    assert loss.item() != pytest.approx(model(**inputs).loss.item(), abs=1e-7)  # not fp32
+
+
 def test_packed_batches_count_tokens_equal_to_the_pad_id() -> None:
     from stages.data.collate import collate
     from stages.model.trainer import packed_tokens

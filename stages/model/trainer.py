@@ -34,7 +34,8 @@ class SparseLogitsTrainer(Trainer):
         own = return_outputs or not self.model_accepts_loss_kwargs or not model.training
         if own or causal is None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = sparse_loss(causal, inputs, num_items_in_batch)
+        with self.accelerator.autocast():  # what the prepared model's forward would run under
+            loss = sparse_loss(causal, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as the Trainer scales a model's loss
         return loss

@@ -60,19 +60,19 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool, args_cls: Any = None, 
         dataloader_num_workers=0,
         dataloader_pin_memory=has_cuda(),
         disable_tqdm=False,
-        **_distributed_args(ctx),
+        **_device_args(ctx, cfg),
         **extra,
     )
 
 
-def _distributed_args(ctx: Context) -> dict[str, Any]:
+def _device_args(ctx: Context, cfg: Any) -> dict[str, Any]:
     """DeepSpeed's config and the collective timeout, when a process launcher runs the stage;
     several processes without a GPU need `use_cpu`, or accelerate trains each on its own."""
     found: dict[str, Any] = {}
     if ctx.world_size > 1:  # every trained parameter takes part in each step's loss
         found["ddp_find_unused_parameters"] = False
-    if ctx.world_size > 1 and not has_cuda():
-        found["use_cpu"] = True
+    if (ctx.world_size > 1 or precision(cfg.precision) != (False, False)) and not has_cuda():
+        found["use_cpu"] = True  # and bf16 on a CPU: transformers refuses it without
     if ctx.distributed.get("deepspeed"):
         found["deepspeed"] = ctx.distributed["deepspeed"]
     if ctx.distributed.get("timeout_s"):
