@@ -59,6 +59,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=rm", *overrides]
         subprocess.run(cmd, cwd=tmp, check=True, env={"PYTHONPATH": str(ROOT), **_env()})
         (record,) = [json.loads(p.read_text()) for p in Path(tmp, "store", "runs").glob("*.json")]
+        by_task = per_task(Path(tmp, "store"), record)
     metrics = record["stages"]["rm"]["metrics"]
     start = "sft" if args.from_sft else "base"
     print(
@@ -67,6 +68,43 @@ def main() -> None:
         f"accuracy {metrics['eval_accuracy']:.1%}, train loss {metrics['train_loss']:.3f}, "
         f"eval loss {metrics['eval_loss']:.3f}, {metrics['wall_s']:.0f} s"
     )
+    print("per task: " + ", ".join(f"{t} {r}/{n}" for t, (r, n) in sorted(by_task.items())))
+
+
+TASKS = {  # the demo generator's task kinds, told by their instructions
+    "add": (" + ",),
+    "subtract": (" - ",),
+    "multiply": (" * ",),
+    "reverse": ("backwards", "Reverse"),
+    "sort": ("Sort", "ascending"),
+    "count": ("How many times",),
+}
+
+
+def per_task(store: Path, record: dict) -> dict[str, tuple[int, int]]:
+    """(right, pairs) on the held-out split for each task kind, scored through the artifact."""
+    from datasets import load_from_disk
+
+    from runtime.store import Store
+    from stages.model.reward import RewardScorer
+
+    found = Store(store).find
+    rm, data = record["stages"]["rm"]["key"], record["stages"]["pairs:demo_preference"]["key"]
+    scorer = RewardScorer(found(rm), lambda key: found(key))
+    val = load_from_disk(str(found(data) / "validation"))
+    chosen = scorer.score_ids(
+        [p + c for p, c in zip(val["prompt_ids"], val["chosen_ids"], strict=True)]
+    )
+    rejected = scorer.score_ids(
+        [p + r for p, r in zip(val["prompt_ids"], val["rejected_ids"], strict=True)]
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for ids, c, r in zip(val["prompt_ids"], chosen, rejected, strict=True):
+        text = scorer.tokenizer.decode(ids)
+        task = next(t for t, marks in TASKS.items() if any(m in text for m in marks))
+        right, total = out.get(task, (0, 0))
+        out[task] = (right + (c > r), total + 1)
+    return out
 
 
 def _env() -> dict[str, str]:

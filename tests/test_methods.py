@@ -306,3 +306,13 @@ def test_bf16_lora_trains_on_a_cpu(prepared: tuple[Path, Path], tmp_path: Path) 
     assert {p.dtype for p in reloaded.values()} == {torch.float32}
     for name, param in lora.items():
         assert torch.equal(reloaded[name], param), name
+
+
+def test_fp16_without_a_gpu_is_a_user_error(tmp_path: Path) -> None:
+    from stages.base import UserError
+    from stages.model.training import training_args
+    from stages.sft import SftConfig
+
+    ctx = Context("sft", "k", tmp_path / "out", tmp_path / "work", {})
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        training_args(ctx, SftConfig(precision="fp16"), has_eval=False)

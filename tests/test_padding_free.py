@@ -277,7 +277,8 @@ def test_attention_per_example_in_bf16_attends_in_fp32_and_returns_bf16() -> Non
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 9, 8, generator=g).bfloat16() for _ in range(3))
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
-    out, _ = segment_attention(torch.nn.Module(), q, k, v, None, position_ids=positions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training under bf16
+        out, _ = segment_attention(torch.nn.Module(), q, k, v, None, position_ids=positions)
     assert out.dtype == torch.bfloat16 and out.shape == (1, 9, 4, 8)
     want = torch.cat(
         [

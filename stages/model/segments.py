@@ -19,6 +19,7 @@ own SDPA path, so the model stays correct wherever it is used.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 NAME = "sdpa_segments"
@@ -45,20 +46,23 @@ def segment_attention(
         )
     gqa = query.shape[1] != key.shape[1]
     dtype = query.dtype
-    if query.device.type == "cpu" and dtype == torch.bfloat16:  # see UPCAST
+    upcast = query.device.type == "cpu" and dtype == torch.bfloat16  # faster (see above)
+    if upcast:
         query, key, value = query.float(), key.float(), value.float()
-    outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=gqa,
-        )
-        for a, b in zip(starts, starts[1:], strict=False)
-    ]
+    # autocast would cast SDPA's inputs back to bf16
+    with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+        outs = [
+            F.scaled_dot_product_attention(
+                query[:, :, a:b],
+                key[:, :, a:b],
+                value[:, :, a:b],
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+            for a, b in zip(starts, starts[1:], strict=False)
+        ]
     return torch.cat(outs, dim=2).transpose(1, 2).to(dtype).contiguous(), None
 
 

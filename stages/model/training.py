@@ -67,12 +67,16 @@ def training_args(ctx: Context, cfg: Any, has_eval: bool, args_cls: Any = None, 
 
 def _device_args(ctx: Context, cfg: Any) -> dict[str, Any]:
     """DeepSpeed's config and the collective timeout, when a process launcher runs the stage;
-    several processes without a GPU need `use_cpu`, or accelerate trains each on its own."""
+    without a GPU, several processes need `use_cpu` (or accelerate trains each on its own), and
+    so does bf16 (transformers refuses it otherwise)."""
     found: dict[str, Any] = {}
+    bf16, fp16 = precision(cfg.precision)
+    if fp16 and not has_cuda():
+        raise UserError("precision: fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if ctx.world_size > 1:  # every trained parameter takes part in each step's loss
         found["ddp_find_unused_parameters"] = False
-    if (ctx.world_size > 1 or precision(cfg.precision) != (False, False)) and not has_cuda():
-        found["use_cpu"] = True  # and bf16 on a CPU: transformers refuses it without
+    if (ctx.world_size > 1 or bf16) and not has_cuda():
+        found["use_cpu"] = True
     if ctx.distributed.get("deepspeed"):
         found["deepspeed"] = ctx.distributed["deepspeed"]
     if ctx.distributed.get("timeout_s"):
