@@ -12,7 +12,8 @@ Runs, alternating A B C D A B C D (each run its own child process, so peak RSS i
      OFF (the peer's fastest fp32 setting on CPU), the same examples per step as A;
   D  C in bf16 the way LLaMA-Factory runs it (bf16 frozen base, fp32 adapter, the Trainer's
      autocast): the peer's fastest setting when bf16 is allowed.
-  N  (on request) our sft stage with neat_packing into 512-token blocks (about 5% slower than A).
+  N  (on request) our sft stage with neat_packing into 512-token blocks (about 5% slower than A);
+  E  (on request) B with `torch_compile: true` (each decoder layer compiled; a slow first step).
 All: LoRA rank 8 (alpha 16) on all linear layers, cutoff 512, batch 4, lr 1e-4 cosine,
 seed 42, on `--threads` intra-op threads (default 1: on a shared 2-core machine two OpenMP
 threads stall each other whenever another process takes a core). Prints non-padding tokens/s
@@ -56,8 +57,13 @@ RUNS = {
     "C": "plain Trainer (fp32)",
     "D": "plain Trainer, bf16",
     "N": "ours, neat_packing",
+    "E": "ours, bf16 + torch_compile",
 }
-PRECISION = {"B": "bf16", "D": "bf16"}
+SETTINGS: dict[str, dict[str, Any]] = {  # each run's changes to our / the plain run's defaults
+    "B": {"precision": "bf16"},
+    "D": {"precision": "bf16"},
+    "E": {"precision": "bf16", "torch_compile": True},
+}
 
 
 def prepare(root: Path, dataset: str | None) -> tuple[Path, Path, Path]:
@@ -115,7 +121,7 @@ def tokenize(tmp: Path, base: Path, entry: dict[str, Any], neat: bool) -> Path:
     return out
 
 
-def sft_config(steps: int, precision: str = "fp32") -> Any:
+def sft_config(steps: int, **settings: Any) -> Any:
     from stages.sft import SftConfig
 
     return SftConfig(
@@ -126,9 +132,9 @@ def sft_config(steps: int, precision: str = "fp32") -> Any:
         save_steps=10_000,
         logging_steps=1,
         report_to="none",
-        precision=precision,
         cutoff_len=CUTOFF,
         seed=SEED,
+        **{"precision": "fp32", **settings},
     )
 
 
@@ -143,7 +149,7 @@ def plan_estimate(base: Path, steps: int) -> tuple[float, float]:
 
 
 def run_ours(
-    base: Path, data: Path, steps: int, work: Path, profile: bool, precision: str
+    base: Path, data: Path, steps: int, work: Path, profile: bool, settings: dict[str, Any]
 ) -> dict[str, Any]:
     """Our sft stage, handed the plan's estimate as the executor does (`auto` decides)."""
     from stages.base import Context
@@ -163,7 +169,7 @@ def run_ours(
     ctx.memory = {"without_checkpointing": plan_estimate(base, steps)[0]}
     clock = step_clock()
     _add_callbacks(clock, *([profiler(work / "profile.json")] if profile else []))
-    SftStage().run(ctx, sft_config(steps, precision))
+    SftStage().run(ctx, sft_config(steps, **settings))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     m = ctx.metrics
     return {
@@ -176,7 +182,9 @@ def run_ours(
     }
 
 
-def run_plain(base: Path, data: Path, steps: int, work: Path, precision: str) -> dict[str, Any]:
+def run_plain(
+    base: Path, data: Path, steps: int, work: Path, precision: str | None
+) -> dict[str, Any]:
     """transformers Trainer + PEFT as a user writes it, without gradient checkpointing."""
     import resource
 
@@ -248,11 +256,11 @@ def _add_callbacks(*extra: Any) -> None:
 
 def child(args: argparse.Namespace) -> None:
     base, work = Path(args.base), Path(args.work)
-    precision = PRECISION.get(args.child, "fp32")
+    settings = SETTINGS.get(args.child, {})
     if args.child in ("C", "D"):
-        result = run_plain(base, Path(args.data), args.steps, work, precision)
+        result = run_plain(base, Path(args.data), args.steps, work, settings.get("precision"))
     else:
-        result = run_ours(base, Path(args.data), args.steps, work, args.profile, precision)
+        result = run_ours(base, Path(args.data), args.steps, work, args.profile, settings)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -305,7 +313,7 @@ def report(
         speed = statistics.median(r["tokens_per_s"] for r in runs[v])
         whole, step = ratios(runs[v], runs["C"])
         rss = max(r["rss_mb"] for r in runs[v]) / 1024
-        mfu = speed * flops_per_token / peaks[PRECISION.get(v, "fp32")]
+        mfu = speed * flops_per_token / peaks[SETTINGS.get(v, {}).get("precision", "fp32")]
         print(
             f"{v} {label:30s} {speed:7.1f}  {mfu:5.1%}  {spread(whole):18s}  "
             f"{spread(step):18s} {rss:5.2f} GiB"
