@@ -61,19 +61,21 @@ def execute(
     record["stages"] = {}
     run = _Schedule(compiled, store, launcher, record, forced, len(steps))
     waiting = list(enumerate(steps, 1))
-    with ThreadPoolExecutor(max_workers=run.slots.size) as pool:
-        try:
-            while waiting or run.running:
-                waiting = [(i, s) for i, s in waiting if not run.settle_or_start(i, s, pool)]
-                if run.running:
-                    done, _ = wait(run.running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        run.finished(future)
-        except KeyboardInterrupt:
-            stopped = stop_all()
-            if stopped:
-                print(f"stopped {stopped} running stage process group(s)", file=sys.stderr)
-            raise
+    pool = ThreadPoolExecutor(max_workers=run.slots.size)
+    try:
+        while waiting or run.running:
+            waiting = [(i, s) for i, s in waiting if not run.settle_or_start(i, s, pool)]
+            if run.running:
+                done, _ = wait(run.running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run.finished(future)
+    except KeyboardInterrupt:
+        stopped = stop_all()
+        if stopped:
+            print(f"stopped {stopped} running stage process group(s)", file=sys.stderr)
+        pool.shutdown(wait=False, cancel_futures=True)  # the caller exits without its threads
+        raise
+    pool.shutdown()
     return [run.outcomes[s.node.name] for s in steps]
 
 

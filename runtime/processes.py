@@ -85,6 +85,8 @@ def stop_all(grace_s: float = 10.0) -> int:
     with _LOCK:
         procs = list(_LIVE)
     family = {proc.pid: _descendants(proc.pid) for proc in procs}
+    # a stage's processes all name its spec (the last argument): also those no longer below it
+    markers = [str(proc.args[-1]) for proc in procs if isinstance(proc.args, list)]
     for proc in procs:
         _signal(proc, signal.SIGTERM)
     for proc in procs:
@@ -93,11 +95,23 @@ def stop_all(grace_s: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             family[proc.pid] += _descendants(proc.pid)
             _signal(proc, signal.SIGKILL)
-    for pids in family.values():
+    for pids in [*family.values(), _naming(markers)]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     return len(procs)
+
+
+def _naming(markers: list[str]) -> list[int]:
+    """Other processes whose command line holds one of `markers`."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = p.info.get("cmdline") or []
+        if p.pid != os.getpid() and any(m in arg for m in markers for arg in cmdline):
+            found.append(p.pid)
+    return found
 
 
 def _descendants(pid: int) -> list[int]:

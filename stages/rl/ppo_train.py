@@ -144,7 +144,11 @@ def _prepare(model: Any, device: Any, gradient_checkpointing: bool) -> None:
     if getattr(model, "hf_device_map", None) is None:
         model.to(device)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def _autocast(cfg: Any, device: Any) -> Any:
