@@ -5,10 +5,11 @@
 
 Runs `+pipeline=rm` (base -> pairs:demo_preference -> rm, 10% of the pairs held out) through the
 CLI in a temporary directory (`--from-sft`: base -> sft on demo_sft -> rm, as in the rlhf
-pipeline, where the reward model starts from the policy that learnt the tasks) and prints the held-out pairwise accuracy the stage measured through
-the scoring function every consumer uses, with the training loss. The demo pairs put a right
-answer against a plausible wrong one (off by one, or the letters shuffled). Fetches SmolLM2 from PyPI once
-for SmolLM2.
+pipeline, where the reward model starts from the policy that learnt the tasks) and prints the
+held-out pairwise accuracy the stage measured through the scoring function every consumer uses,
+with the training loss, and that accuracy per task kind. The demo pairs put a right answer
+against a plausible wrong one (off by one, or the letters shuffled). Fetches SmolLM2 from PyPI
+once.
 """
 
 from __future__ import annotations

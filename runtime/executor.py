@@ -62,6 +62,7 @@ def execute(
     run = _Schedule(compiled, store, launcher, record, forced, len(steps))
     waiting = list(enumerate(steps, 1))
     pool = ThreadPoolExecutor(max_workers=run.slots.size)
+    interrupted = False
     try:
         while waiting or run.running:
             waiting = [(i, s) for i, s in waiting if not run.settle_or_start(i, s, pool)]
@@ -70,12 +71,13 @@ def execute(
                 for future in done:
                     run.finished(future)
     except KeyboardInterrupt:
+        interrupted = True
         stopped = stop_all()
         if stopped:
             print(f"stopped {stopped} running stage process group(s)", file=sys.stderr)
-        pool.shutdown(wait=False, cancel_futures=True)  # the caller exits without its threads
         raise
-    pool.shutdown()
+    finally:  # interrupted: the caller exits without waiting for the stages' threads
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
     return [run.outcomes[s.node.name] for s in steps]
 
 
