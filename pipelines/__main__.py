@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 
 USAGE = """usage: python -m pipelines <verb> [args]
@@ -64,6 +65,9 @@ def main(argv: list[str]) -> int:
 
 def entry() -> None:
     """The `pipelines` console script and `python -m pipelines`."""
+    # Ctrl-C stops the run and says how to resume, even when started by a parent that ignores
+    # SIGINT (Python then keeps ignoring it: a test runner, a script's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sys.exit(main(sys.argv[1:]))
     except KeyboardInterrupt:

@@ -73,7 +73,11 @@ def test_a_stage_runs_as_a_job_through_submitit(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_rank_and_says_how_to_resume(tmp_path: Path) -> None:
     args = [*BRANCHES[:5], "stages.sft.max_steps=100000", "launcher=torchrun"]
-    proc = start("run", *args, cwd=tmp_path, stdout=PIPE, stderr=PIPE, text=True)
+    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    # started as a parent that ignores SIGINT leaves it (a test runner, a background job)
+    proc = start(
+        "run", *args, cwd=tmp_path, stdout=PIPE, stderr=PIPE, text=True, preexec_fn=ignoring
+    )
     deadline = time.time() + 300
     while not list((tmp_path / "store" / "work").glob("*/logs/rank-1.log")):
         assert time.time() < deadline and proc.poll() is None, "the ranks never started"
