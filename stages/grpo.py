@@ -26,11 +26,13 @@ from stages.base import (
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
+from stages.rl.vllm_rollout import require_vllm
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16
 SCALE_REWARDS = ("group", "batch", "none")
 CODE = (*TRAINING_CODE, "grpo.py", "model/reward.py", "data/build.py", "rl/reward_funcs.py")
+CODE += ("rl/vllm_rollout.py",)
 NO_REWARD = (
     "no reward source: name a reward model stage (reward_model: <rm stage>) or rule-based "
     "reward_funcs (e.g. [stages.data.demo:exact_answer_reward])"
@@ -185,7 +187,8 @@ def train_on_prompts(
     from stages.model.training import read_log
     from stages.rl.reward_funcs import import_reward_funcs
 
-    _check_vllm(cfg)
+    if cfg.use_vllm:
+        require_vllm()
     funcs = [
         *_model_reward(ctx),
         *import_reward_funcs(cfg.reward_funcs, f"stages.{ctx.name}.reward_funcs"),
@@ -268,19 +271,6 @@ def _reference(ctx: Context, cfg: GroupConfig, model: Any) -> Any:
     dtype = next(model.parameters()).dtype
     reference = merged(load_model(ref, ctx.resolve or (lambda key: ref), dtype=dtype)).eval()
     return reference.requires_grad_(False)
-
-
-def _check_vllm(cfg: GroupConfig) -> None:
-    if not cfg.use_vllm:
-        return
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError("use_vllm: vLLM sampling needs a CUDA GPU; set use_vllm: false on CPU")
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError("use_vllm: the vllm package is missing: pip install -e '.[serve]'")
 
 
 def _device() -> Any:

@@ -78,7 +78,9 @@ class PpoConfig(TrainConfig, PromptsConfig):
     top_p: float = bounded(1.0, above=0, max=1)
     top_k: int = bounded(0, min=0)  # 0: off
     max_new_tokens: int = bounded(32, min=1)
-    use_vllm: bool = False
+    use_vllm: bool = False  # sample rollouts with vLLM colocated (a CUDA GPU, the vllm extra)
+    vllm_gpu_memory_utilization: float = bounded(0.3, above=0, max=1)  # the engine's share
+    vllm_max_model_len: int | None = None  # None: the model's own context length
 
 
 class PpoStage:
@@ -98,6 +100,7 @@ class PpoStage:
         "rl/ppo_loop.py",
         "rl/ppo_state.py",
         "rl/ppo_train.py",
+        "rl/vllm_rollout.py",
         "rl/reward_funcs.py",
         "model/reward.py",
         "model/plot.py",
@@ -186,14 +189,6 @@ def check_ppo(cfg: PpoConfig) -> list[tuple[str, str]]:
     for name, bad, why in _ranges(cfg):
         if bad:
             problems.append((name, why))
-    if cfg.use_vllm:
-        problems.append(
-            (
-                "use_vllm",
-                "vLLM rollouts are not implemented in ppo yet: set use_vllm: false "
-                "(replies are sampled with transformers' generate and the KV cache)",
-            )
-        )
     return problems
 
 

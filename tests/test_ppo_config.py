@@ -43,7 +43,7 @@ def test_config_rules_refuse_what_cannot_run() -> None:
     assert problems(critic_warmup_steps=2, advantage_estimator="reinforce_pp") == [
         ("critic_warmup_steps", "reinforce_pp has no critic")
     ]
-    assert [p[0] for p in problems(use_vllm=True)] == ["use_vllm"]
+    assert problems(use_vllm=True) == []  # checked at run time: a plan made without a GPU holds
     assert [p[0] for p in problems(temperature=0.0, dual_clip=0.5)] == ["temperature", "dual_clip"]
     assert [p[0] for p in problems(optim="adafactor", precision="fp16")] == ["optim", "precision"]
 

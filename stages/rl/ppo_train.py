@@ -19,6 +19,7 @@ from stages.rl import ppo_dist
 from stages.rl.ppo_loop import LOG, run_loop
 from stages.rl.reward_funcs import import_reward_funcs
 from stages.rl.rollout import Actors, Rewarder, Sampling
+from stages.rl.vllm_rollout import require_vllm, vllm_sampler
 
 
 @dataclass
@@ -40,6 +41,8 @@ def setup(ctx: Context, cfg: Any) -> Setup:
     from stages.ppo import require_reward_source
 
     require_reward_source(cfg, ctx)
+    if cfg.use_vllm:
+        require_vllm()
     ppo_dist.start(ctx.world_size, ctx.distributed.get("timeout_s"))
     tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
     stop_ids = tuple(stops or [tokenizer.eos_token_id])
@@ -50,6 +53,8 @@ def setup(ctx: Context, cfg: Any) -> Setup:
     sampling = Sampling(
         cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens, stop_ids, tokenizer.pad_token_id
     )
+    if cfg.use_vllm:
+        actors.sampler = vllm_sampler(actors.policy, tokenizer, sampling, cfg)
     train, val = load_splits(ctx.inputs["data"])
     return Setup(actors, keys, tokenizer, sampling, train, val, device)
 

@@ -69,6 +69,12 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def right_pad(replies: list[list[int]], pad_id: int) -> Tensor:
+    """Replies of different lengths as one [B, R] batch (R >= 1) padded on the right."""
+    width = max(1, *(len(r) for r in replies))
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in replies], dtype=torch.long)
+
+
 def response_mask(responses: Tensor, stop_ids: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """(mask [B, R], ended [B]): 1 through the first stop token of each row, 0 after it; a row
     that never stops (cut at max_new_tokens) is real to its end."""
@@ -193,13 +199,15 @@ def masked_replies(tokens: Tensor, mask: Tensor) -> list[list[int]]:
 class Actors:
     """The models a rollout runs: the policy, the reference (None: the policy with its LoRA
     adapter disabled), the critic (None without one) and the rewarder; `autocast` is the
-    mixed-precision context of forward passes."""
+    mixed-precision context of forward passes; `sampler` an engine that samples the replies
+    instead of the policy's generate (vLLM: prompt ids -> reply ids through the stop token)."""
 
     policy: Any
     ref: Any
     critic: Any
     rewarder: Rewarder
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    sampler: Callable[[list[list[int]]], list[list[int]]] | None = None
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[Any]:
@@ -224,11 +232,14 @@ def rollout(
     t0 = time.perf_counter()
     prompts = [list(p) for p in rows["prompt_ids"]]
     prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, s.pad_id))
-    with actors.autocast():
-        parts = [
-            sample(actors.policy, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], s)
-            for i in range(0, len(prompts), chunk)
-        ]
+    if actors.sampler is not None:  # the engine batches all prompts itself
+        parts = [right_pad(actors.sampler(prompts), s.pad_id).to(device)]
+    else:
+        with actors.autocast():
+            parts = [
+                sample(actors.policy, prompt_ids[i : i + chunk], prompt_mask[i : i + chunk], s)
+                for i in range(0, len(prompts), chunk)
+            ]
     width = max(p.shape[1] for p in parts)  # chunks stop generating at different widths
 
     def widen(t: Tensor, value: int | bool) -> Tensor:
