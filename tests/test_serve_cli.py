@@ -1,6 +1,6 @@
-"""`serve` from the command line without a live server: one-line refusals (a vLLM backend
-not built, no store, a bad port, a network host without an API key, FastAPI missing), and the
-text stream's rules (stop strings and partial characters are held back until final)."""
+"""`serve` from the command line without a live server: one-line refusals (no store, a bad
+port, a network host without an API key, FastAPI missing), and the text stream's rules (stop
+strings and partial characters are held back until final)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from tests.cli import ROOT, pipelines
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["sft", "--backend", "vllm"], "not implemented in this build"),
         (["nowhere", "--port", "0"], "no store at"),
         (["sft", "--port", "-5"], "cannot listen"),
         (["sft", "--host", "0.0.0.0"], "to the network without an API key: set --api-key"),

@@ -107,12 +107,14 @@ def resolve_target(args: argparse.Namespace) -> Target:
     return find_target(args.target, Path(store), overrides)
 
 
-def _check_backend(backend: str) -> None:
-    if backend == "vllm":
-        raise UserError(
-            "--backend vllm: not implemented in this build; the transformers backend (auto) "
-            "serves on CPU and GPU"
-        )
+def wants_vllm(choice: str, device: str) -> bool:
+    """`--backend vllm` (which must be able to start), or auto where vLLM and a GPU are here."""
+    from pipelines.serving import vllm_backend
+
+    if choice == "vllm":
+        vllm_backend.require()
+        return True
+    return choice == "auto" and device in ("auto", "cuda") and vllm_backend.available()
 
 
 def load_engine(target: Target, device: str, max_batch: int) -> Any:
@@ -139,7 +141,18 @@ def _quiet() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _check_backend(args.backend)
+    check_exposure(args.host, args.api_key, args.allow_unauthenticated)
+    target = None
+    if wants_vllm(args.backend, args.device):
+        from pipelines.serving import vllm_backend
+
+        target = resolve_target(args)
+        why = vllm_backend.unsupported(target)
+        if why is None:
+            return vllm_backend.serve(target, args.host, args.port, args.api_key, args.max_tokens)
+        if args.backend == "vllm":
+            raise UserError(f"--backend vllm: {target.name}: {why}")
+        print(f"the transformers backend serves {target.name}: {why}", flush=True)
     try:
         import uvicorn
 
@@ -148,10 +161,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(
             f"serve needs FastAPI and uvicorn ({e}): pip install 'pipelines[serve]'"
         ) from None
-    check_exposure(args.host, args.api_key, args.allow_unauthenticated)
     sock = _bind(args.host, args.port)  # a busy port fails before anything loads
     port = sock.getsockname()[1]
-    target = resolve_target(args)
+    target = target or resolve_target(args)
     print(f"loading {target.name} from {target.path}", flush=True)
     _quiet()
     engine = load_engine(target, args.device, args.max_batch)
@@ -201,7 +213,8 @@ def _chat(args: argparse.Namespace) -> int:
     from pipelines.serving.chat import chat_loop
     from pipelines.serving.sampling import Sampling
 
-    _check_backend(args.backend)
+    if args.backend == "vllm":
+        raise UserError("--backend vllm: chat runs on the transformers backend (auto)")
     if not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
         raise UserError("--temperature takes 0 to 2 and --top-p more than 0 up to 1")
     target = resolve_target(args)
