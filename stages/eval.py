@@ -42,6 +42,8 @@ class EvalConfig:
     # the lm-evaluation-harness
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_include_path: str | None = None  # a directory of local task YAMLs
+    # hf: the loaded model; vllm: vLLM loads it (GPU); auto: vllm where vLLM and a GPU are
+    lm_eval_backend: str = field(default="auto", metadata={"choices": ("auto", "hf", "vllm")})
     num_fewshot: int | None = bounded(None, min=0)
     limit: int | float | None = bounded(None, above=0)  # examples per task (a fraction when < 1)
     bootstrap_iters: int = bounded(0, min=0)  # harness stderr bootstraps (0: none)
@@ -71,6 +73,7 @@ class EvalStage:
         "model/inference.py",
         "model/reward.py",
         "model/loading.py",
+        "model/vllm_layout.py",
         "data/encode.py",
         "data/formats.py",
         "data/sources.py",

@@ -24,15 +24,15 @@ from stages.base import (
     forwarded_fields,
 )
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
+from stages.model.vllm_layout import require_vllm
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
-from stages.rl.vllm_rollout import require_vllm
 
 PROMPTS_FIELDS = forwarded_fields(PromptsConfig)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16
 SCALE_REWARDS = ("group", "batch", "none")
 CODE = (*TRAINING_CODE, "grpo.py", "model/reward.py", "data/build.py", "rl/reward_funcs.py")
-CODE += ("rl/vllm_rollout.py",)
+CODE += ("model/vllm_layout.py",)
 NO_REWARD = (
     "no reward source: name a reward model stage (reward_model: <rm stage>) or rule-based "
     "reward_funcs (e.g. [stages.data.demo:exact_answer_reward])"
@@ -188,7 +188,7 @@ def train_on_prompts(
     from stages.rl.reward_funcs import import_reward_funcs
 
     if cfg.use_vllm:
-        require_vllm()
+        require_vllm("use_vllm")
     funcs = [
         *_model_reward(ctx),
         *import_reward_funcs(cfg.reward_funcs, f"stages.{ctx.name}.reward_funcs"),

@@ -101,6 +101,7 @@ class PpoStage:
         "rl/ppo_state.py",
         "rl/ppo_train.py",
         "rl/vllm_rollout.py",
+        "model/vllm_layout.py",
         "rl/reward_funcs.py",
         "model/reward.py",
         "model/plot.py",

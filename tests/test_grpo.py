@@ -294,7 +294,7 @@ def test_use_vllm_without_a_gpu_is_a_user_error(
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: vLLM may run here")
-    with pytest.raises(UserError, match="use_vllm: vLLM sampling needs a CUDA GPU"):
+    with pytest.raises(UserError, match="use_vllm: vLLM needs a CUDA GPU"):
         run(GrpoStage(), prepared, tmp_path / "out", reward_funcs=[RULE], use_vllm=True)
 
 

@@ -95,7 +95,7 @@ def test_the_engine_gets_the_policys_weights_before_every_rollout(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the premise is a machine without a GPU")
 def test_use_vllm_without_a_gpu_is_a_user_error(assets: Assets, tmp_path: Path) -> None:  # noqa: F811
-    with pytest.raises(UserError, match=r"^use_vllm: vLLM sampling needs a CUDA GPU"):
+    with pytest.raises(UserError, match=r"^use_vllm: vLLM needs a CUDA GPU"):
         run_ppo(assets, tmp_path / "out", use_vllm=True)
 
 

@@ -18,6 +18,7 @@ import pytest
 from pipelines.serving import vllm_backend
 from pipelines.serving.target import Target
 from stages.base import UserError
+from stages.model import vllm_layout
 from stages.model.loading import write_model_json
 from tests.cli import ROOT, pipelines
 
@@ -69,9 +70,9 @@ def test_what_vllm_cannot_serve_says_why(tmp_path: Path) -> None:
     second = model_dir(tmp_path / "second", "adapter", rank=8, base="first-key")
     rm = model_dir(tmp_path / "rm", head="reward")
     bases = {"base-key": base, "first-key": first}
-    assert vllm_backend.unsupported(target(first, bases)) is None
-    assert "adapter on another adapter" in str(vllm_backend.unsupported(target(second, bases)))
-    assert "reward model" in str(vllm_backend.unsupported(target(rm)))
+    assert vllm_layout.unsupported(first, bases.__getitem__) is None
+    assert "adapter on another adapter" in str(vllm_layout.unsupported(second, bases.__getitem__))
+    assert "reward model" in str(vllm_layout.unsupported(rm, bases.__getitem__))
     huge = model_dir(tmp_path / "huge", "adapter", rank=1024, base="base-key")
     with pytest.raises(UserError, match="LoRA rank 1024 is over vLLM's largest"):
         vllm_backend.vllm_command(target(huge, bases), "127.0.0.1", 1, 1)
@@ -87,7 +88,7 @@ def test_the_api_key_reaches_vllm_by_environment_not_argv(
     assert not any("s3cret" in a for a in seen["args"])  # type: ignore[union-attr]
 
 
-@pytest.mark.skipif(vllm_backend.available(), reason="the premise is a machine without vLLM")
+@pytest.mark.skipif(vllm_layout.vllm_ready(), reason="the premise is a machine without vLLM")
 @pytest.mark.parametrize("verb", ["serve", "chat"])
 def test_backend_vllm_where_it_cannot_start_is_one_line(tmp_path: Path, verb: str) -> None:
     result = pipelines(verb, "sft", "--backend", "vllm", cwd=tmp_path)

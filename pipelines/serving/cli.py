@@ -109,12 +109,12 @@ def resolve_target(args: argparse.Namespace) -> Target:
 
 def wants_vllm(choice: str, device: str) -> bool:
     """`--backend vllm` (which must be able to start), or auto where vLLM and a GPU are here."""
-    from pipelines.serving import vllm_backend
+    from stages.model.vllm_layout import require_vllm, vllm_ready
 
     if choice == "vllm":
-        vllm_backend.require()
+        require_vllm("--backend vllm")
         return True
-    return choice == "auto" and device in ("auto", "cuda") and vllm_backend.available()
+    return choice == "auto" and device in ("auto", "cuda") and vllm_ready()
 
 
 def load_engine(target: Target, device: str, max_batch: int) -> Any:
@@ -145,9 +145,10 @@ def _serve(args: argparse.Namespace) -> int:
     target = None
     if wants_vllm(args.backend, args.device):
         from pipelines.serving import vllm_backend
+        from stages.model.vllm_layout import unsupported
 
         target = resolve_target(args)
-        why = vllm_backend.unsupported(target)
+        why = unsupported(target.path, target.resolve)
         if why is None:
             return vllm_backend.serve(target, args.host, args.port, args.api_key, args.max_tokens)
         if args.backend == "vllm":

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,20 +111,54 @@ def task_manager(tasks: list[str], include: list[Path]) -> Any:
     return manager
 
 
-def run_harness(loaded: Any, cfg: Any, work: Path) -> tuple[dict[str, float], list[dict]]:
-    """({"<task>/<metric>": value}, one record per evaluated sample)."""
+def harness_backend(cfg: Any, path: Path, resolve: Callable[[str], Path]) -> str:
+    """`hf` (the model already loaded) or `vllm` (asked, or under auto where vLLM, a GPU and a
+    model it can load are here)."""
+    from stages.model.vllm_layout import require_vllm, unsupported, vllm_ready
+
+    if cfg.lm_eval_backend == "hf":
+        return "hf"
+    if cfg.lm_eval_backend == "vllm":
+        require_vllm("lm_eval_backend")
+        why = unsupported(path, resolve)
+        if why is not None:
+            raise UserError(f"lm_eval_backend: vllm cannot load this model: {why}; set hf")
+        return "vllm"
+    return "vllm" if vllm_ready() and unsupported(path, resolve) is None else "hf"
+
+
+def vllm_args(path: Path, resolve: Callable[[str], Path]) -> dict[str, Any]:
+    """The harness's vLLM model arguments: the full weights, the adapter unmerged on them, and
+    the artifact's own tokenizer (its chat template)."""
+    from stages.model.vllm_layout import lora_rank, weights_and_adapter
+
+    weights, adapter = weights_and_adapter(path, resolve)
+    args: dict[str, Any] = {"pretrained": str(weights), "tokenizer": str(path)}
+    if adapter is not None:
+        args |= {"lora_local_path": str(adapter), "max_lora_rank": lora_rank(adapter, "model")}
+    return args | {"batch_size": "auto"}
+
+
+def run_harness(model: Any, cfg: Any, work: Path) -> tuple[dict[str, float], list[dict]]:
+    """({"<task>/<metric>": value}, one record per evaluated sample); `model` is the loaded
+    model (hf) or vLLM's model arguments (a dict)."""
     lm_eval, HFLM, _ = _import_harness()
     manager = task_manager(
         list(cfg.lm_eval_tasks), prepare_tasks(cfg.lm_eval_include_path, work / "lm_eval_tasks")
     )
-    lm = HFLM(
-        pretrained=loaded.model,
-        tokenizer=loaded.tokenizer,
-        batch_size=cfg.batch_size,
-        max_length=loaded.context_length,
-    )
+    if isinstance(model, dict):
+        lm, model_args = "vllm", model
+    else:
+        lm = HFLM(
+            pretrained=model.model,
+            tokenizer=model.tokenizer,
+            batch_size=cfg.batch_size,
+            max_length=model.context_length,
+        )
+        model_args = None
     results = lm_eval.simple_evaluate(
         model=lm,
+        model_args=model_args,
         tasks=list(cfg.lm_eval_tasks),
         num_fewshot=cfg.num_fewshot,
         limit=cfg.limit,

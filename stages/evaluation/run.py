@@ -34,10 +34,16 @@ def evaluate(ctx: Context, cfg: Any) -> None:
 
 
 def _model_metrics(ctx: Context, cfg: Any, resolve: Callable[[str], Path]) -> dict[str, Any]:
-    from stages.eval import GENERATION, EvalStage
+    from stages.eval import GENERATION
     from stages.evaluation.generation import generate_replies
 
-    loaded = _load(ctx.inputs["model"], resolve)
+    harness = None
+    if cfg.lm_eval_tasks:
+        from stages.evaluation.harness import harness_backend
+
+        harness = harness_backend(cfg, ctx.inputs["model"], resolve)
+    own = {"loss", "perplexity", *GENERATION} & set(cfg.metrics) or cfg.mc_dataset
+    loaded = _load(ctx.inputs["model"], resolve) if own or harness == "hf" else None
     out: dict[str, Any] = {}
     examples: list[EvalExample] = []
     rows: list[dict[str, Any]] = []
@@ -59,21 +65,43 @@ def _model_metrics(ctx: Context, cfg: Any, resolve: Callable[[str], Path]) -> di
         out |= _text_metrics(cfg, examples, replies, rows)
     if cfg.mc_dataset:
         out |= _multiple_choice(ctx, cfg, loaded)
-    if cfg.lm_eval_tasks:
-        from stages.evaluation.harness import run_harness
-
-        scores, samples = run_harness(loaded, cfg, ctx.work)
-        out |= scores
-        _write_jsonl(ctx.out / "lm_eval_samples.jsonl", samples)
-        first = cfg.lm_eval_tasks[0]
-        if EvalStage.headline_for(cfg) == first:  # the summary shows the task's first metric
-            out[first] = next(v for k, v in scores.items() if k.startswith(f"{first}/"))
+    if harness == "hf":
+        out |= _harness(ctx, cfg, loaded)
     del loaded
+    if harness == "vllm":  # the engine loads the model itself, into the memory just freed
+        from stages.evaluation.harness import vllm_args
+
+        _free_accelerator()
+        out |= _harness(ctx, cfg, vllm_args(ctx.inputs["model"], resolve))
     if {"reward", "win_rate"} & set(cfg.metrics):
         out |= _judged(ctx, cfg, resolve, examples, replies, rows)
     if rows:
         _write_jsonl(ctx.out / "outputs.jsonl", rows)
     return out
+
+
+def _harness(ctx: Context, cfg: Any, model: Any) -> dict[str, float]:
+    """The harness's scores (and its samples, to lm_eval_samples.jsonl); the first task's first
+    metric under the task's own name when it is the headline."""
+    from stages.eval import EvalStage
+    from stages.evaluation.harness import run_harness
+
+    scores, samples = run_harness(model, cfg, ctx.work)
+    _write_jsonl(ctx.out / "lm_eval_samples.jsonl", samples)
+    first = cfg.lm_eval_tasks[0]
+    if EvalStage.headline_for(cfg) == first:  # the summary shows the task's first metric
+        scores = {**scores, first: next(v for k, v in scores.items() if k.startswith(f"{first}/"))}
+    return scores
+
+
+def _free_accelerator() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _text_metrics(

@@ -15,11 +15,12 @@ import torch
 from stages.base import Context
 from stages.model import adapters
 from stages.model.loading import REWARD, load_model, merged, read_model_json, write_model_json
+from stages.model.vllm_layout import require_vllm
 from stages.rl import ppo_dist
 from stages.rl.ppo_loop import LOG, run_loop
 from stages.rl.reward_funcs import import_reward_funcs
 from stages.rl.rollout import Actors, Rewarder, Sampling
-from stages.rl.vllm_rollout import require_vllm, vllm_sampler
+from stages.rl.vllm_rollout import vllm_sampler
 
 
 @dataclass
@@ -42,7 +43,7 @@ def setup(ctx: Context, cfg: Any) -> Setup:
 
     require_reward_source(cfg, ctx)
     if cfg.use_vllm:
-        require_vllm()
+        require_vllm("use_vllm")
     ppo_dist.start(ctx.world_size, ctx.distributed.get("timeout_s"))
     tokenizer, stops = chat_tokenizer(ctx.inputs["model"], ctx.inputs["data"])
     stop_ids = tuple(stops or [tokenizer.eos_token_id])

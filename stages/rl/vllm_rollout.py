@@ -1,4 +1,4 @@
-"""Sampling through vLLM (a CUDA GPU and the `vllm` extra), for ppo's rollouts and grpo's check.
+"""ppo's rollouts sampled by vLLM (a CUDA GPU and the `vllm` extra).
 
 TRL's `VLLMGeneration` runs the engine in this process beside the trainer ("colocate") and pushes
 the policy's current weights into it (a LoRA adapter merged in, then out again); we push before
@@ -13,21 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from stages.base import UserError
-
 Sampler = Callable[[list[list[int]]], list[list[int]]]
-
-
-def require_vllm(key: str = "use_vllm") -> None:
-    """A run that asks for vLLM where it cannot start: one clear message, before any model loads."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError(f"{key}: vLLM sampling needs a CUDA GPU; set use_vllm: false on CPU")
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError(f"{key}: the vllm package is missing: pip install -e '.[vllm]'")
 
 
 def vllm_sampler(policy: Any, tokenizer: Any, sampling: Any, cfg: Any) -> Sampler:
