@@ -61,6 +61,8 @@ class GroupConfig(TrainConfig, PromptsConfig):
     reward_weights: list[float] | None = None  # the reward model first, then reward_funcs
     mask_truncated_completions: bool = False  # replies cut at max_new_tokens get no loss
     use_vllm: bool = False  # sample with vLLM colocated (GPU and the vllm package)
+    vllm_gpu_memory_utilization: float = bounded(0.3, above=0, max=1)  # the engine's share
+    vllm_max_model_len: int | None = None  # None: the model's own context length
 
 
 @dataclass
@@ -231,6 +233,8 @@ def _trl_args(cfg: GroupConfig) -> dict[str, Any]:
         "mask_truncated_completions": cfg.mask_truncated_completions,
         "use_vllm": cfg.use_vllm,
         "vllm_mode": "colocate",  # one process samples and trains; no server to run
+        "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        "vllm_max_model_length": cfg.vllm_max_model_len,
         "disable_dropout": True,  # sampling and scoring see the same policy
     }
 

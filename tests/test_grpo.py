@@ -287,6 +287,16 @@ def test_a_bad_dotted_path_is_a_user_error_naming_the_key(
         run(GrpoStage(), prepared, tmp_path / "out", reward_funcs=[path])
 
 
+def test_vllm_keys_reach_trls_config() -> None:
+    from stages.grpo import GrpoConfig, _trl_args
+
+    args = _trl_args(
+        GrpoConfig(use_vllm=True, vllm_gpu_memory_utilization=0.5, vllm_max_model_len=512)
+    )
+    assert (args["use_vllm"], args["vllm_mode"]) == (True, "colocate")
+    assert (args["vllm_gpu_memory_utilization"], args["vllm_max_model_length"]) == (0.5, 512)
+
+
 def test_use_vllm_without_a_gpu_is_a_user_error(
     prepared: tuple[Path, Path], tmp_path: Path
 ) -> None:
