@@ -1,7 +1,8 @@
 """Pairwise accuracy of a reward model on the held-out demo preference split.
 
     python benchmarks/rm_accuracy.py [--model smollm2] [--epochs 1] [--lr 1e-4] [--method lora]
-                                     [--precision auto] [--from-sft] [OVERRIDE ...]
+                                     [--precision auto] [--from-sft] [--extra-pairs 0]
+                                     [--save-steps N] [OVERRIDE ...]
 
 Runs `+pipeline=rm` (base -> pairs:demo_preference -> rm, 10% of the pairs held out) through the
 CLI in a temporary directory (`--from-sft`: base -> sft on demo_sft -> rm, as in the rlhf
