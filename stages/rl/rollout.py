@@ -71,7 +71,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 def right_pad(replies: list[list[int]], pad_id: int) -> Tensor:
     """Replies of different lengths as one [B, R] batch (R >= 1) padded on the right."""
-    width = max(1, *(len(r) for r in replies))
+    width = max([1, *map(len, replies)])
     return torch.tensor([r + [pad_id] * (width - len(r)) for r in replies], dtype=torch.long)
 
 
