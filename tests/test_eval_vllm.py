@@ -5,7 +5,6 @@ here the harness's entry point is a stand-in that records what it was given."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,7 @@ from stages.base import Context, UserError
 from stages.eval import EvalConfig, EvalStage
 from stages.evaluation import harness
 from stages.model import vllm_layout
-from stages.model.loading import write_model_json
-
-
-def model_dir(path: Path, fmt: str = "full", rank: int | None = None, **meta: str) -> Path:
-    path.mkdir(parents=True)
-    write_model_json(path, fmt, **meta)
-    if rank is not None:
-        (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
-    return path
+from tests.model_dirs import model_dir
 
 
 @pytest.fixture

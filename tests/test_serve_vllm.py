@@ -21,14 +21,7 @@ from stages.base import UserError
 from stages.model import vllm_layout
 from stages.model.loading import write_model_json
 from tests.cli import ROOT, pipelines
-
-
-def model_dir(path: Path, fmt: str = "full", rank: int | None = None, **meta: str) -> Path:
-    path.mkdir(parents=True)
-    write_model_json(path, fmt, **meta)
-    if rank is not None:
-        (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
-    return path
+from tests.model_dirs import model_dir
 
 
 def target(path: Path, bases: dict[str, Path] | None = None) -> Target:
