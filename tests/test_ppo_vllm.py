@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from stages.base import UserError
-from tests.test_ppo import Assets, a_rollout, assets, live, read_log, run_ppo  # noqa: F401
+from tests.ppo_assets import Assets, a_rollout, assets_fixture, live, read_log, run_ppo  # noqa: F401
 
 
 def test_a_sampler_replaces_generate_and_the_policy_scores_its_replies(
-    assets: Assets,  # noqa: F811
+    assets: Assets,
     tmp_path: Path,
 ) -> None:
     from stages.rl.rollout import gather_logprobs, reply_tokens, token_logits
@@ -60,7 +60,7 @@ class FakeEngine:
 
 
 def test_the_engine_gets_the_policys_weights_before_every_rollout(
-    assets: Assets,  # noqa: F811
+    assets: Assets,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -94,13 +94,13 @@ def test_the_engine_gets_the_policys_weights_before_every_rollout(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the premise is a machine without a GPU")
-def test_use_vllm_without_a_gpu_is_a_user_error(assets: Assets, tmp_path: Path) -> None:  # noqa: F811
+def test_use_vllm_without_a_gpu_is_a_user_error(assets: Assets, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"^use_vllm: vLLM needs a CUDA GPU"):
         run_ppo(assets, tmp_path / "out", use_vllm=True)
 
 
 @pytest.mark.gpu
-def test_ppo_samples_its_rollouts_with_vllm_on_a_gpu(assets: Assets, tmp_path: Path) -> None:  # noqa: F811
+def test_ppo_samples_its_rollouts_with_vllm_on_a_gpu(assets: Assets, tmp_path: Path) -> None:
     pytest.importorskip("vllm", reason="the vllm extra is not installed")
     out = tmp_path / "out"
     run_ppo(assets, out, use_vllm=True, vllm_gpu_memory_utilization=0.2)
