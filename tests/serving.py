@@ -1,11 +1,14 @@
 """Shared by the serve and chat tests: the tiny chat model they talk to, its reference greedy
-replies, and a live `serve` process started through the CLI as a user starts it."""
+replies, a store holding it (the `sft` and `store` fixtures), and a live `serve` process started
+through the CLI as a user starts it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
+import pytest
+
+from runtime.store import Store
 from tests.cli import ROOT
 from tests.training import base_and_data, run_sft
 
@@ -88,3 +95,40 @@ class LiveServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def key_of(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def commit(store: Store, kind: str, name: str, payload: Path) -> Path:
+    """`payload` committed as stage `name`'s artifact, as the executor commits one."""
+    work = store.root / "work" / key_of(name) / "out"
+    shutil.copytree(payload, work)
+    path = store.commit(kind, key_of(name), work, {"name": name, "inputs": {}})
+    store.remember_name(name, key_of(name), {})
+    return path
+
+
+@pytest.fixture(scope="module", name="sft")
+def sft_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return chat_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", name="store")
+def store_fixture(tmp_path_factory: pytest.TempPathFactory, sft: Path) -> Store:
+    """A store holding `base`, `sft` (full weights, the model served) and `tuned` (a LoRA
+    adapter whose model.json names base's key)."""
+    root = tmp_path_factory.mktemp("serve")
+    base, data = sft.parent / "base", sft.parent / "data"
+    run_sft(base, data, root / "lora", upstream_key=key_of("base"), max_steps=2)
+    store = Store(root / "store")
+    commit(store, "base", "base", base)
+    commit(store, "sft", "sft", sft)
+    commit(store, "sft", "tuned", root / "lora")
+    return store
+
+
+def chat(client: openai.OpenAI, prompt: str, **options: Any) -> Any:
+    messages = [{"role": "user", "content": prompt}]
+    return client.chat.completions.create(model="sft", messages=messages, **options)
