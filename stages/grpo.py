@@ -24,7 +24,7 @@ from stages.base import (
     forwarded_fields,
 )
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
-from stages.model.vllm_layout import require_vllm
+from stages.model.vllm_layout import require_vllm, vllm_share
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
 
@@ -109,13 +109,13 @@ class GrpoStage:
         return []
 
     @staticmethod
-    def memory_profile(cfg: GroupConfig, roles: dict[str, str | None]) -> dict[str, int]:
+    def memory_profile(cfg: GroupConfig, roles: dict[str, str | None]) -> dict[str, float]:
         """A row is prompt + reply; the reward model and a reference (beta > 0, unless LoRA on
-        the reference itself: TRL's adapter copy) are held frozen."""
+        the reference itself: TRL's adapter copy) are held frozen; vLLM takes its share."""
         shared = cfg.finetuning_type == "lora" and roles.get("ref_model") == roles.get("model")
         frozen = int(roles.get("reward_model") is not None) + int(cfg.beta != 0 and not shared)
         length = math.ceil((cfg.cutoff_len + cfg.max_new_tokens) / cfg.cutoff_len)
-        return {"sequences": max(1, length), "frozen": frozen}
+        return {"sequences": max(1, length), "frozen": frozen} | vllm_share(cfg)
 
     @staticmethod
     def key_files(cfg: Any) -> list[str]:

@@ -25,6 +25,7 @@ from stages.base import (
     forwarded_fields,
 )
 from stages.model.train_config import TRAINING_CODE, TrainConfig, check_training
+from stages.model.vllm_layout import vllm_share
 from stages.prompts import PromptsConfig
 from stages.rl.reward_funcs import check_reward_funcs, reward_func_files
 
@@ -146,9 +147,9 @@ class PpoStage:
         return problems
 
     @staticmethod
-    def memory_profile(cfg: PpoConfig, roles: dict[str, str | None]) -> dict[str, int]:
+    def memory_profile(cfg: PpoConfig, roles: dict[str, str | None]) -> dict[str, float]:
         """Actor and critic train; the reward model and a reference (unless it is the policy
-        with its adapter off) are held frozen; a row is prompt + reply."""
+        with its adapter off) are held frozen; a row is prompt + reply; vLLM takes its share."""
         shared = cfg.finetuning_type == "lora" and roles.get("ref_model") == roles.get("model")
         frozen = int(roles.get("reward_model") is not None) + int(not shared)
         rows = cfg.per_device_train_batch_size * cfg.num_generations * cfg.ppo_buffer_size
@@ -156,7 +157,8 @@ class PpoStage:
         length = (cfg.cutoff_len + cfg.max_new_tokens) / cfg.cutoff_len
         sequences = max(1, round(per_backward * length / cfg.per_device_train_batch_size))
         trained = 2 if cfg.advantage_estimator == "gae" else 1
-        return {"sequences": sequences, "trained": trained, "frozen": frozen}
+        profile = {"sequences": sequences, "trained": trained, "frozen": frozen}
+        return profile | vllm_share(cfg)
 
     @staticmethod
     def key_files(cfg: Any) -> list[str]:

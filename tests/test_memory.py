@@ -10,6 +10,7 @@ from compiler.memory import GIB, Shape, describe, estimate
 from stages.sft import SftConfig
 from tests.sizes import DEFAULT
 
+EXACT = "stages.data.demo:exact_answer_reward"
 TINY = Shape(vocab=100, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
 
 
@@ -133,3 +134,29 @@ def test_a_stage_kinds_profile_counts_what_it_holds() -> None:
     two = estimate(TINY, cfg, profile={"trained": 2, "frozen": 1})
     assert two["frozen"] == plain["weights"] and two["weights"] == 2 * plain["weights"]
     assert two["optimizer"] == 2 * plain["optimizer"]
+
+
+@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+def test_a_colocated_vllm_engine_takes_its_share_of_the_device(tmp_path: Path, kind: str) -> None:
+    """use_vllm reserves vllm_gpu_memory_utilization of the target device, on top of training."""
+    from compiler.compile import compile_pipeline
+    from compiler.digests import DigestCache
+    from compiler.memory import stage_memory
+    from compiler.schema import LauncherConfig
+
+    def parts(**rl: object) -> dict[str, float]:
+        stage = {"kind": kind, "dataset": "d", "reward_funcs": [EXACT], **rl}
+        raw = {
+            "model": {"name_or_path": "tiny", **{k: v for k, v in DEFAULT.items() if k != "seed"}},
+            "datasets": {"d": {"path": "pkg://stages/data/demo/prompts.jsonl"}},
+            "stages": {"rl": stage},
+        }
+        compiled = compile_pipeline(raw, tmp_path, DigestCache(tmp_path / "digests.json"))
+        found = stage_memory(compiled.graph, "rl", None, LauncherConfig(device_memory_gb=80.0))
+        assert found is not None
+        return found
+
+    without = parts()
+    engine = parts(use_vllm=True, vllm_gpu_memory_utilization=0.25)
+    assert "engine" not in without
+    assert engine == {**without, "engine": 0.25 * 80 * GIB}

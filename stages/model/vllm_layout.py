@@ -9,6 +9,7 @@ import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from stages.base import UserError
 from stages.model.loading import REWARD, read_model_json
@@ -33,6 +34,11 @@ def require_vllm(key: str) -> None:
         raise UserError(f"{key}: vLLM needs a CUDA GPU, and none is visible here")
     if importlib.util.find_spec("vllm") is None:
         raise UserError(f"{key}: the vllm package is missing: pip install -e '.[vllm]'")
+
+
+def vllm_share(cfg: Any) -> dict[str, float]:
+    """A memory profile's part for a colocated engine: the fraction of the device it takes."""
+    return {"device_share": cfg.vllm_gpu_memory_utilization} if cfg.use_vllm else {}
 
 
 def unsupported(path: Path, resolve: Callable[[str], Path]) -> str | None:
