@@ -7,7 +7,8 @@ Runs `+pipeline=grpo` with a reward model added (base -> sft -> rm on the demo p
 grpo scored by that reward model) through the CLI in a temporary directory, and prints the mean
 reward-model score of the sampled replies over the run and by quarter of the steps, and the
 exact-answer rate (the demo's rule-based reward, logged with weight 0 so it
-does not train). A control run with learning_rate 0 samples from the same, unchanged policy: the
+does not train). A control run with learning_rate 1e-30 (a config refuses 0; updates that small
+are below float32 resolution) samples from the same, unchanged policy: the
 difference between the two is what training did, not sampling noise. A random tiny model almost
 never answers right, which is why the reward model's score is the curve measured here.
 """
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
 EXACT = "rewards/exact_answer_reward/mean"
 
 
@@ -89,9 +91,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shape = (args.kind, args.steps, args.sft_steps)
         trained = run(tmp, *shape, args.lr, args.batch)
-        control = run(tmp, *shape, 0.0, args.batch)
+        control = run(tmp, *shape, CONTROL_LR, args.batch)
     ours = summary(f"{args.kind} lr {args.lr}", trained)
-    base = summary(f"{args.kind} lr 0 (control)", control)
+    base = summary(f"{args.kind} (control: no learning)", control)
     diff = [a - b for a, b in zip(ours, base, strict=True)]  # same prompts at each step
     print("trained - control, by quarter: " + " ".join(f"{v:+.4f}" for v in quarters(diff)))
 

@@ -1,5 +1,5 @@
 """GRPO on SmolLM2-135M-Instruct with the demo's exact-answer reward: held-out exact match before
-and after, and the training reward against a learning-rate-0 control.
+and after, and the training reward against a control that does not learn.
 
     python benchmarks/grpo_smollm2.py [--steps 40] [--lr 2e-4] [--prompts 2] [--generations 8]
                                       [--sft-steps 20] [--samples 200]
@@ -8,9 +8,10 @@ Runs `+pipeline=grpo` on `model=smollm2` through the CLI in a temporary director
 sft on demo_sft (the start the rlhf chain gives ppo), then grpo with LoRA, rewarded only by the
 rule `stages.data.demo:exact_answer_reward` (1 for the right answer, else 0), and an eval stage on
 each of sft and grpo over `demo_test` (none of its prompts is in demo_sft or demo_prompts), scored
-by the demo checker with greedy replies. A second grpo run with learning_rate 0 samples from the
-unchanged policy with the same seed: the difference of the two reward curves is what training
-did, not which prompts came up. SmolLM2 comes from a GGUF file inside a PyPI wheel (fetched once).
+by the demo checker with greedy replies. A second grpo run with learning_rate 1e-30 (a config
+refuses 0; updates that small are below float32 resolution, so the policy stays as it was)
+samples with the same seed: the difference of the two reward curves is what training did, not
+which prompts came up. SmolLM2 comes from a GGUF file inside a PyPI wheel (fetched once).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from eval_smollm2 import eval_stage  # beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
 
 
 def run(tmp: str, args: argparse.Namespace, lr: float) -> tuple[list[dict], dict, float]:
@@ -75,27 +77,27 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8, help="replies per prompt")
     parser.add_argument("--sft-steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200, help="demo_test rows evaluated")
-    parser.add_argument("--no-control", action="store_true", help="skip the lr-0 run")
+    parser.add_argument("--no-control", action="store_true", help="skip the control run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trained, stages, wall = run(tmp, args, args.lr)
-        control = None if args.no_control else run(tmp, args, 0.0)[0]
-    rewards = [r["reward"] for r in trained]
-    print(
-        f"grpo lr {args.lr}, {args.steps} steps of {args.prompts} prompts x {args.generations} "
-        f"replies (grpo {stages['grpo']['wall_s']:.0f} s, whole run {wall:.0f} s)"
-    )
-    print("  training reward by quarter: " + " ".join(f"{v:.3f}" for v in quarters(rewards)))
-    if control is not None:
-        base = [r["reward"] for r in control]
-        print("  control (lr 0) by quarter: " + " ".join(f"{v:.3f}" for v in quarters(base)))
-        diff = [a - b for a, b in zip(rewards, base, strict=True)]
-        print("  trained - control:         " + " ".join(f"{v:+.3f}" for v in quarters(diff)))
-    before, after = stages["eval_sft"]["metrics"], stages["eval"]["metrics"]
-    print(
-        f"  held-out exact match on demo_test ({after['examples']} rows, greedy): "
-        f"sft {before['exact_match']:.1%} -> grpo {after['exact_match']:.1%}"
-    )
+        rewards = [r["reward"] for r in trained]
+        before, after = stages["eval_sft"]["metrics"], stages["eval"]["metrics"]
+        print(
+            f"grpo lr {args.lr}, {args.steps} steps of {args.prompts} prompts x "
+            f"{args.generations} replies (grpo {stages['grpo']['wall_s']:.0f} s, whole run "
+            f"{wall:.0f} s)\n"
+            f"  held-out exact match on demo_test ({after['examples']} rows, greedy): "
+            f"sft {before['exact_match']:.1%} -> grpo {after['exact_match']:.1%}\n"
+            "  training reward by quarter: " + " ".join(f"{v:.3f}" for v in quarters(rewards)),
+            flush=True,
+        )
+        if args.no_control:
+            return
+        base = [r["reward"] for r in run(tmp, args, CONTROL_LR)[0]]
+    print("  control (no learning):     " + " ".join(f"{v:.3f}" for v in quarters(base)))
+    diff = [a - b for a, b in zip(rewards, base, strict=True)]  # the same prompts at each step
+    print("  trained - control:         " + " ".join(f"{v:+.3f}" for v in quarters(diff)))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ model, from a fixed seed.
     python benchmarks/ppo_curve.py [--steps 20] [--eval-every 2] [--lr 5e-4 1e-4]
 
 Runs `+pipeline=rlhf` through the CLI in a temporary directory (upstream stages train once and
-are cached for the other runs), once per learning rate plus a control with learning_rate 0 (the
-same sampling, an unchanged policy: the difference is what training did). Prints, every
+are cached for the other runs), once per learning rate plus a control with learning_rate 1e-30
+(a config refuses 0; updates that small are below float32 resolution): the same sampling, an
+unchanged policy, so the difference is what training did. Prints, every
 `eval-every` steps, the held-out reward (`eval_reward_mean`: the mean reward-model score, with the
 missing-eos penalty, of greedy replies to the 32 held-out prompts), the rollouts' raw score and
 KL; then each final policy's exact-answer rate on the held-out prompts (the demo's rule-based
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
 
 
 def run(
@@ -95,7 +97,7 @@ def main() -> None:
         tmp = args.dir or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
         runs = {}
-        for lr in [0.0, *args.lr]:
+        for lr in [CONTROL_LR, *args.lr]:
             runs[lr] = run(tmp, args.steps, args.eval_every, lr, args.set)
             statuses = {k: v["status"] for k, v in runs[lr][1]["stages"].items()}
             print(f"lr {lr:g}: {runs[lr][2]:.0f} s wall; {statuses}", flush=True)
@@ -109,7 +111,7 @@ def main() -> None:
                 rest = f"{r['score_mean']:+.3f} {r['kl']:6.3f}" if step else " " * 13
                 cells.append(f"{ev} {rest}".rjust(30))
             print(f"{step:4d}  " + "  ".join(cells))
-        record = runs[0.0][1]
+        record = runs[CONTROL_LR][1]
         print(f"\nheld-out exact-answer rate: sft {exact_rate(tmp, record, 'sft'):.3f}", end="")
         for lr, (_, rec, _) in runs.items():
             print(f", ppo lr {lr:g} {exact_rate(tmp, rec, 'ppo'):.3f}", end="")
