@@ -16,15 +16,10 @@ never answers right, which is why the reward model's score is the curve measured
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
+from cli_run import CONTROL_LR, run_pipeline, stage_log  # beside this file
+
 EXACT = "rewards/exact_answer_reward/mean"
 
 
@@ -32,7 +27,6 @@ def run(tmp: str, kind: str, steps: int, sft_steps: int, lr: float, batch: int) 
     """The grpo stage's logged steps of one run (upstream stages cached across runs); prints the
     reward model's held-out pairwise accuracy."""
     overrides = [
-        f"store={tmp}/store",
         f"stages.sft.max_steps={sft_steps}",
         "+stage@stages.rm=rm",
         "stages.rm.model=sft",
@@ -53,15 +47,9 @@ def run(tmp: str, kind: str, steps: int, sft_steps: int, lr: float, batch: int) 
     ]
     if kind == "rloo":  # the grpo block, less the keys rloo does not have
         overrides += ["~stages.grpo.loss_type", "~stages.grpo.scale_rewards"]
-    cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=grpo", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, cwd=tmp, check=True, env=env, capture_output=True)
-    records = sorted(Path(tmp, "store", "runs").glob("*.json"))
-    record = json.loads(records[-1].read_text())
+    record, _ = run_pipeline(tmp, ["+pipeline=grpo", *overrides])
     print(f"rm held-out pairwise accuracy {record['stages']['rm']['metrics']['eval_accuracy']:.3f}")
-    key = record["stages"]["grpo"]["key"]
-    log = Path(tmp, "store", "artifacts", kind, key, "train_log.jsonl")
-    return [r for r in map(json.loads, log.read_text().splitlines()) if "reward" in r]
+    return [r for r in stage_log(tmp, record, "grpo") if "reward" in r]
 
 
 def quarters(values: list[float]) -> list[float]:

@@ -17,18 +17,10 @@ which prompts came up. SmolLM2 comes from a GGUF file inside a PyPI wheel (fetch
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
-from eval_smollm2 import eval_stage  # beside this file
-
-ROOT = Path(__file__).resolve().parent.parent
-CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
+from cli_run import CONTROL_LR, run_pipeline, stage_log  # beside this file
+from eval_smollm2 import eval_stage
 
 
 def run(tmp: str, args: argparse.Namespace, lr: float) -> tuple[list[dict], dict, float]:
@@ -36,7 +28,6 @@ def run(tmp: str, args: argparse.Namespace, lr: float) -> tuple[list[dict], dict
     eval are cached across runs."""
     overrides = [
         "model=smollm2",
-        f"store={tmp}/store",
         "stages.sft.finetuning_type=lora",
         "stages.sft.learning_rate=1e-3",
         f"stages.sft.max_steps={args.sft_steps}",
@@ -52,15 +43,8 @@ def run(tmp: str, args: argparse.Namespace, lr: float) -> tuple[list[dict], dict
         *eval_stage("eval_sft", "sft", args.samples, "[exact_match]"),
         *eval_stage("eval", "grpo", args.samples, "[exact_match]"),
     ]
-    cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=grpo", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.time()
-    subprocess.run(cmd, cwd=tmp, check=True, env=env, capture_output=True)
-    wall = time.time() - t0
-    record = json.loads(sorted(Path(tmp, "store", "runs").glob("*.json"))[-1].read_text())
-    key = record["stages"]["grpo"]["key"]
-    log = Path(tmp, "store", "artifacts", "grpo", key, "train_log.jsonl")
-    steps = [r for r in map(json.loads, log.read_text().splitlines()) if "reward" in r]
+    record, wall = run_pipeline(tmp, ["+pipeline=grpo", *overrides])
+    steps = [r for r in stage_log(tmp, record, "grpo") if "reward" in r]
     return steps, record["stages"], wall
 
 

@@ -16,16 +16,10 @@ check, which nothing here trains on).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONTROL_LR = 1e-30  # learns nothing (0 is refused: learning_rate must be > 0)
+from cli_run import CONTROL_LR, run_pipeline, stage_log  # beside this file
 
 
 def run(
@@ -33,21 +27,13 @@ def run(
 ) -> tuple[list[dict], dict, float]:
     """(ppo's log records, the run record, wall seconds) of one run."""
     overrides = [
-        f"store={tmp}/store",
         f"stages.ppo.max_steps={steps}",
         f"stages.ppo.save_steps={every}",
         f"stages.ppo.learning_rate={lr}",
         *extra,
     ]
-    cmd = [sys.executable, "-m", "pipelines", "run", "+pipeline=rlhf", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.time()
-    subprocess.run(cmd, cwd=tmp, check=True, env=env, capture_output=True)
-    wall = time.time() - t0
-    record = json.loads(sorted(Path(tmp, "store", "runs").glob("*.json"))[-1].read_text())
-    key = record["stages"]["ppo"]["key"]
-    log = Path(tmp, "store", "artifacts", "ppo", key, "train_log.jsonl")
-    return [json.loads(line) for line in log.read_text().splitlines()], record, wall
+    record, wall = run_pipeline(tmp, ["+pipeline=rlhf", *overrides])
+    return stage_log(tmp, record, "ppo"), record, wall
 
 
 def exact_rate(tmp: str, record: dict, name: str) -> float:
